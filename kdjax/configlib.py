@@ -1,0 +1,91 @@
+"""Shared config defaults and the `get_config(arg)` argument parser used by configs/*.py.
+
+A config file's `get_config(arg)` receives the text after ':' in
+`--config=configs/name.py:runlocal,seed=3` and starts from `base()`, which lists every key a user
+can tune (the config is locked by main.py, so a mistyped override fails and names the key).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
+  """'runlocal,seed=3' -> {runlocal: True, seed: 3}, typed by `defaults`; unknown keys fail."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; valid: {sorted(defaults)}")
+    kind = type(defaults[key])
+    if kind is bool:
+      out[key] = value.lower() in ("", "1", "true", "yes")
+    else:
+      out[key] = kind(value)
+  return out
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 128  # global, over all devices and processes
+  c.eval_batch_size = 256
+  c.total_steps = config_dict.placeholder(int)
+  c.total_epochs = config_dict.placeholder(float)
+  c.log_every_steps = 50
+  c.eval_every_steps = config_dict.placeholder(int)  # unset: evaluate at the end only
+  c.checkpoint_every_steps = 1000
+  c.max_to_keep = 3
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "resnet18"  # resnet18 | resnet34 | mobilenet_v2
+  c.model.stem = "cifar"  # ResNet: cifar (3x3, no max-pool) | imagenet (7x7/2 + max-pool)
+  c.model.width = 64  # ResNet: channels of the first stage (64 is the standard network)
+  c.model.width_multiplier = 1.0  # MobileNetV2
+  c.model.cifar_strides = True  # MobileNetV2: stride 1 in the stem and first stride-2 stage
+  c.model.dropout_rate = 0.2  # MobileNetV2 classifier dropout
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "sgd"  # sgd | adam | adamw
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.schedule = "cosine"  # cosine | constant
+  c.optimizer.warmup_steps = config_dict.placeholder(int)
+  c.optimizer.warmup_epochs = config_dict.placeholder(float)
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = True
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.weight_decay = 5e-4
+  c.optimizer.decay_norm_and_bias = False
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.label_smoothing = 0.0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "cifar10"  # any TFDS image-classification dataset, or kdjax_digits
+  c.data.data_dir = ""  # empty: TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+  c.data.download = False  # True: download_and_prepare as array_record (needs network + TF)
+  c.data.train_split = "train"
+  c.data.test_split = "test"  # empty: no test evaluation
+  c.data.val_fraction = 0.0  # class-stratified hold-out from the train split
+  c.data.n_per_class = config_dict.placeholder(int)  # data-limited: n training images per class
+  c.data.fraction = config_dict.placeholder(float)  # data-limited: this fraction of each class
+  c.data.subset_seed = 0  # seed of the hold-out and subset selection
+  c.data.in_memory = True  # whole split on device (CIFAR-size); False: stream from disk
+  c.data.num_workers = 8  # streaming: decoding threads
+  c.data.prefetch = 4  # streaming: batches decoded ahead
+  c.data.load_size = config_dict.placeholder(int)  # resize on load (needed for mixed sizes)
+  c.data.image_size = 32  # model input size
+  c.data.eval_crop_fraction = 1.0  # eval: central crop of this fraction, then resize
+  c.data.mean = CIFAR_MEAN
+  c.data.std = CIFAR_STD
+  c.data.augment = ml_collections.ConfigDict()
+  c.data.augment.kind = "crop_flip"  # crop_flip | rrc_flip | none
+  c.data.augment.pad = 4
+  c.data.augment.flip = True
+  c.data.augment.scale = (0.08, 1.0)
+  c.data.augment.ratio = (3 / 4, 4 / 3)
+  return c

@@ -1,0 +1,160 @@
+"""Global, deterministic, resumable batches for training and exactly-counted evaluation.
+
+The batch of training step `s` is a pure function of (seed, s): epoch e = s // steps_per_epoch
+is a permutation drawn from `default_rng([seed, e])`, sliced at position s % steps_per_epoch.
+The data position of a run is therefore its step; a resumed run sees exactly the batches an
+uninterrupted run would (tested). The last incomplete batch of an epoch is dropped.
+
+Two paths, same batches:
+- in memory (`data.in_memory=True`, CIFAR-size sets): the selected split is uploaded once as a
+  replicated uint8 array; each step gathers its rows and augments them inside one jitted call,
+  so nothing but the [B] index vector crosses from the host.
+- streaming: a thread pool decodes this process's rows of upcoming batches from the array_record
+  source ahead of time; the uint8 batch is assembled into a global array and augmented on device.
+
+Evaluation pads the last batch (index 0, mask 0) so every example counts exactly once.
+"""
+
+import concurrent.futures
+import dataclasses
+import functools
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+
+from kdjax import sharding as shd
+from kdjax.data import augment, sources
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class TrainInput:
+  """Augmented global training batches {"image": f32 [B,S,S,3], "label": i32 [B]} by step."""
+
+  def __init__(self, source: sources.Source, rows: np.ndarray, cfg, mesh, global_batch: int,
+               seed: int):
+    if len(rows) < global_batch:
+      raise ValueError(f"batch_size={global_batch} exceeds the {len(rows)} training examples")
+    self.source, self.rows, self.cfg, self.mesh = source, rows, cfg, mesh
+    self.global_batch, self.seed, self.in_memory = global_batch, seed, cfg.in_memory
+    self.num_examples = len(rows)
+    self.steps_per_epoch = self.num_examples // global_batch
+    self._cached_epoch, self._cached_perm = None, None
+    batch_sh, repl = shd.batch_sharding(mesh), shd.replicated(mesh)
+    self._augment = jax.jit(functools.partial(augment.augment, cfg=cfg),
+                            in_shardings=(batch_sh, repl), out_shardings=batch_sh)
+    if self.in_memory:
+      images, labels = source.read(rows)
+      self._images = shd.global_from_host(images, repl)  # [N,H,W,3] uint8, on every device
+      self._labels = shd.global_from_host(labels, repl)
+
+      def gather_augment(images, labels, idx, key):
+        return augment.augment(images[idx], key, cfg), labels[idx]
+
+      self._gather = jax.jit(gather_augment, in_shardings=(repl, repl, batch_sh, repl),
+                             out_shardings=(batch_sh, batch_sh))
+    else:
+      self._pool = concurrent.futures.ThreadPoolExecutor(max(1, cfg.num_workers))
+      self._pending: dict[int, concurrent.futures.Future] = {}
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if self._cached_epoch != epoch:  # one permutation per epoch, drawn once
+      self._cached_epoch = epoch
+      self._cached_perm = epoch_permutation(self.seed, epoch, self.num_examples)
+    return self._cached_perm
+
+  def indices(self, step: int) -> np.ndarray:
+    """Positions (into `rows`) of the global batch of `step`."""
+    epoch, i = divmod(step, self.steps_per_epoch)
+    return self._permutation(epoch)[i * self.global_batch:(i + 1) * self.global_batch]
+
+  def batch(self, step: int, key: jax.Array) -> dict:
+    if self.in_memory:
+      idx = shd.global_from_host(self.indices(step).astype(np.int32),
+                                 shd.batch_sharding(self.mesh))
+      image, label = self._gather(self._images, self._labels, idx, key)
+      return {"image": image, "label": label}
+    for s in range(step, step + self.cfg.prefetch + 1):  # keep the pool `prefetch` steps ahead
+      if s not in self._pending:
+        local = self.indices(s)[shd.process_slice(self.global_batch)]
+        self._pending[s] = self._pool.submit(self.source.read, self.rows[local])
+    for s in [s for s in self._pending if s < step]:
+      self._pending.pop(s).cancel()
+    images, labels = self._pending.pop(step).result()
+    images = shd.global_from_process_local(images, self.mesh)
+    labels = shd.global_from_process_local(labels, self.mesh)
+    return {"image": self._augment(images, key), "label": labels}
+
+
+@dataclasses.dataclass
+class EvalInput:
+  """Fixed-size padded eval batches {"image", "label", "mask"}; mask marks real examples."""
+
+  source: sources.Source
+  rows: np.ndarray
+  cfg: object
+  mesh: object
+  batch_size: int
+
+  def __post_init__(self):
+    batch_sh, repl = shd.batch_sharding(self.mesh), shd.replicated(self.mesh)
+    self.num_examples = len(self.rows)
+    self.num_batches = -(-self.num_examples // self.batch_size)
+    prep = functools.partial(augment.preprocess_eval, cfg=self.cfg)
+    self._prep = jax.jit(prep, in_shardings=batch_sh, out_shardings=batch_sh)
+    self._images: jax.Array | None = None
+    if self.cfg.in_memory:
+      images, labels = self.source.read(self.rows)
+      self._images = shd.global_from_host(images, repl)
+      self._labels = shd.global_from_host(labels, repl)
+      self._gather = jax.jit(lambda im, lb, idx: (prep(im[idx]), lb[idx]),
+                             in_shardings=(repl, repl, batch_sh),
+                             out_shardings=(batch_sh, batch_sh))
+
+  def batches(self) -> Iterator[dict]:
+    batch_sh = shd.batch_sharding(self.mesh)
+    for b in range(self.num_batches):
+      pos = np.arange(b * self.batch_size, (b + 1) * self.batch_size)
+      mask = (pos < self.num_examples).astype(np.float32)
+      pos = np.where(mask > 0, pos, 0)
+      if self._images is not None:
+        image, label = self._gather(self._images, self._labels,
+                                    shd.global_from_host(pos.astype(np.int32), batch_sh))
+      else:
+        local = pos[shd.process_slice(self.batch_size)]
+        images, labels = self.source.read(self.rows[local])
+        image = self._prep(shd.global_from_process_local(images, self.mesh))
+        label = shd.global_from_process_local(labels, self.mesh)
+      yield {"image": image, "label": label, "mask": shd.global_from_host(mask, batch_sh)}
+
+
+@dataclasses.dataclass
+class Data:
+  train: TrainInput
+  evals: dict  # name -> EvalInput ("val" when data.val_fraction > 0, and "test")
+  num_classes: int
+  class_names: list
+
+
+def build(cfg, mesh, seed: int, global_batch: int, eval_batch: int) -> Data:
+  """Opens the configured TFDS dataset and builds its train/val/test inputs."""
+  shd.check_global_batch(global_batch, mesh, "batch_size")
+  shd.check_global_batch(eval_batch, mesh, "eval_batch_size")
+  train_src = sources.open_source(cfg, cfg.train_split)
+  needs_labels = cfg.val_fraction > 0 or cfg.n_per_class or cfg.fraction
+  if needs_labels:
+    train_rows, val_rows = sources.split_train_val(train_src.labels(), cfg, cfg.subset_seed)
+  else:
+    train_rows, val_rows = np.arange(len(train_src)), np.arange(0)
+  train = TrainInput(train_src, train_rows, cfg, mesh, global_batch, seed)
+  evals = {}
+  if len(val_rows):
+    evals["val"] = EvalInput(train_src, val_rows, cfg, mesh, eval_batch)
+  if cfg.test_split:
+    test_src = sources.open_source(cfg, cfg.test_split)
+    evals["test"] = EvalInput(test_src, np.arange(len(test_src)), cfg, mesh, eval_batch)
+  return Data(train, evals, train_src.num_classes, train_src.class_names)
+

@@ -1,0 +1,121 @@
+"""TFDS sources read without TensorFlow, and deterministic data-limited subsets.
+
+Decision (documented in the README): kdjax reads every dataset through `tfds` random-access data
+sources over array_record shards. Reading needs no TensorFlow, so the training environment stays
+small and the same on CPU, GPU and TPU. *Preparing* a catalog dataset (download + convert) is a
+one-time step that, for most catalog builders, needs TensorFlow:
+`pip install tensorflow-cpu && tfds build cifar10 --file_format=array_record`
+(or `data.download=True` with tensorflow-cpu installed). The embedded dataset and the synthetic
+shards are written by kdjax itself and need no TensorFlow at all.
+"""
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from kdjax.data import embedded
+
+# Datasets whose builders ship with kdjax (prepared locally, no network).
+LOCAL_BUILDERS = {embedded.NAME: embedded.KdjaxDigits}
+
+
+@dataclasses.dataclass
+class Source:
+  """A random-access split: `read(indices)` -> (uint8 images [n,H,W,3], int32 labels [n])."""
+
+  name: str
+  split: str
+  records: Any  # a tfds data source: __len__ and __getitem__
+  num_classes: int
+  class_names: list
+  load_size: int | None = None  # resize every image to load_size x load_size when set
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+    examples = [self.records[int(i)] for i in indices]
+    images = np.stack([self._image(ex["image"]) for ex in examples])
+    labels = np.asarray([ex["label"] for ex in examples], np.int32)
+    return images, labels
+
+  def labels(self) -> np.ndarray:
+    """All labels of the split (decodes images too: TFDS's mock data cannot skip them)."""
+    return np.asarray([self.records[i]["label"] for i in range(len(self))], np.int32)
+
+  def _image(self, image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+      image = image[..., None]
+    if image.shape[-1] == 1:  # grey-scale -> RGB so every model and teacher sees 3 channels
+      image = np.repeat(image, 3, axis=-1)
+    if self.load_size and image.shape[:2] != (self.load_size, self.load_size):
+      image = np.asarray(Image.fromarray(image).resize(
+          (self.load_size, self.load_size), Image.BICUBIC))
+    return image
+
+
+def _builder(cfg) -> tfds.core.DatasetBuilder:
+  data_dir = cfg.data_dir or None
+  if cfg.name in LOCAL_BUILDERS:
+    builder = LOCAL_BUILDERS[cfg.name](data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared():
+      tfds.disable_progress_bar()
+      builder.download_and_prepare()  # local files only
+    return builder
+  try:
+    builder = tfds.builder(cfg.name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"unknown dataset {cfg.name!r}: not a TFDS catalog name nor one of kdjax's "
+                     f"local datasets {sorted(LOCAL_BUILDERS)}. {e}") from e
+  if cfg.download and not builder.is_prepared():
+    builder.download_and_prepare(file_format="array_record")
+  return builder
+
+
+def open_source(cfg, split: str) -> Source:
+  """Opens `split` (any TFDS split string, e.g. 'train[:90%]') of dataset `cfg.name`."""
+  builder = _builder(cfg)
+  try:
+    records = builder.as_data_source(split=split)
+  except Exception as e:  # TFDS raises several types for "not prepared / wrong format"
+    data_dir = cfg.data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    raise RuntimeError(
+        f"dataset {cfg.name!r} split {split!r} is not prepared as array_record under "
+        f"{data_dir}. Prepare it once with network access: `pip install tensorflow-cpu && "
+        f"tfds build {cfg.name} --file_format=array_record --data_dir={data_dir}`, or set "
+        f"--config.data.download=True (needs tensorflow-cpu), or point "
+        f"--config.data.data_dir at a prepared copy. ({type(e).__name__}: {e})") from e
+  label = builder.info.features["label"]
+  return Source(name=cfg.name, split=split, records=records, num_classes=label.num_classes,
+                class_names=list(label.names), load_size=cfg.load_size or None)
+
+
+def split_train_val(labels: np.ndarray, cfg, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Deterministic, class-stratified train / validation / data-limited selection.
+
+  Per class, the examples are permuted by `seed`; the first round(val_fraction * n_c) go to
+  validation; of the rest, the first `n_per_class` (or round(fraction * n_c)) are kept for
+  training. Returns sorted index arrays into the split, (train, val).
+  """
+  if cfg.n_per_class and cfg.fraction:
+    raise ValueError("set at most one of data.n_per_class and data.fraction")
+  rng = np.random.default_rng(seed)
+  train, val = [], []
+  for c in np.unique(labels):
+    idx = rng.permutation(np.flatnonzero(labels == c))
+    n_val = int(round(cfg.val_fraction * len(idx)))
+    val.append(idx[:n_val])
+    rest = idx[n_val:]
+    if cfg.n_per_class:
+      if cfg.n_per_class > len(rest):
+        raise ValueError(f"data.n_per_class={cfg.n_per_class} but class {c} has only "
+                         f"{len(rest)} training examples")
+      rest = rest[:cfg.n_per_class]
+    elif cfg.fraction:
+      rest = rest[:max(1, int(round(cfg.fraction * len(rest))))]
+    train.append(rest)
+  return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))

@@ -1,0 +1,55 @@
+"""One mesh, one data axis: shardings and global-array assembly for every device count.
+
+The same code runs on 1 CPU, N fake CPU devices, a GPU, a TPU pod or several hosts: the mesh
+spans `jax.devices()` (all processes), batches are sharded on its `data` axis and parameters are
+replicated, so a plain `jnp.mean` over a batch inside `jax.jit` is already the global mean
+(BatchNorm statistics included).
+"""
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh() -> Mesh:
+  """A 1-D mesh over every device of every process, in jax.devices() (process-major) order."""
+  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over the data axis, the rest replicated."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_global_batch(global_batch: int, mesh: Mesh, what: str = "batch_size") -> None:
+  n = mesh.devices.size
+  if global_batch % n:
+    raise ValueError(f"{what}={global_batch} is not divisible by the {n} devices of the mesh: "
+                     f"choose a multiple of {n}")
+
+
+def global_from_host(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from a numpy array that every process holds in full (indices, labels)."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def global_from_process_local(x: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A batch-sharded global array from this process's slice of the global batch."""
+  x = np.asarray(x)
+  global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+  return jax.make_array_from_process_local_data(batch_sharding(mesh), x, global_shape)
+
+
+def process_slice(global_batch: int) -> slice:
+  """The rows of a global batch that this process's devices hold (mesh is process-major)."""
+  per_process = global_batch // jax.process_count()
+  start = jax.process_index() * per_process
+  return slice(start, start + per_process)

@@ -1,0 +1,74 @@
+"""Pure train and eval steps: state in, state out. No I/O; jitted and sharded by train.py.
+
+Randomness is `fold_in(key, step)`: the dropout key of a step depends only on the run's seed
+and the step number, never on how many steps ran in this process (so resume is exact).
+Metrics come back as global means (train) or (sum, count) pairs (eval), exact under sharding
+and padding.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def create_train_state(model, tx, image_shape, key) -> TrainState:
+  variables = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
+  """Per-example CE [B] with optional label smoothing."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def make_train_step(model, tx, loss_cfg, num_classes: int) -> Callable:
+  """(state, batch, key) -> (state, metrics) for the cross-entropy ("from scratch") student."""
+
+  def loss_fn(params, batch_stats, batch, rng):
+    (logits, _), new_vars = model.apply(
+        {"params": params, "batch_stats": batch_stats}, batch["image"], train=True,
+        mutable=["batch_stats"], rngs={"dropout": rng})
+    ce = cross_entropy(logits, batch["label"], num_classes, loss_cfg.label_smoothing).mean()
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return ce, (new_vars["batch_stats"], {"loss": ce, "ce": ce, "accuracy": accuracy})
+
+  def train_step(state: TrainState, batch, key):
+    rng = jax.random.fold_in(key, state.step)
+    grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(predict_fn: Callable, num_classes: int) -> Callable:
+  """(variables, batch) -> sums {"correct", "loss", "count"} over the real (mask=1) examples."""
+
+  def eval_step(variables, batch):
+    logits = predict_fn(variables, batch["image"])
+    mask = batch["mask"]
+    ce = cross_entropy(logits, batch["label"], num_classes)
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    return {"correct": jnp.sum(correct * mask), "loss": jnp.sum(ce * mask),
+            "count": jnp.sum(mask)}
+
+  return eval_step

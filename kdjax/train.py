@@ -1,0 +1,179 @@
+"""The one kdjax trainer: mesh -> input -> model -> state -> steps -> checkpoint -> loop.
+
+Every student objective plugs into this file through `steps.py`; there is no second trainer.
+Parallelism is `jax.jit` with `NamedSharding` on one data-axis `Mesh` (see sharding.py): the
+global batch is sharded, the state replicated, the state buffer donated. The same code runs on
+1 CPU, N fake CPU devices, a GPU, a TPU pod slice or several processes under `jax.distributed`.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from kdjax import checkpoint, models, optim, steps
+from kdjax import sharding as shd
+from kdjax.data import pipeline
+from kdjax.evaluators import classification
+from kdjax.metric_writers import MetricWriter, Progress
+
+
+@dataclasses.dataclass
+class Result:
+  state: steps.TrainState
+  metrics: dict  # final evaluation metrics and the run's cost record
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Result:
+  os.makedirs(workdir, exist_ok=True)
+  root_key = jax.random.key(config.seed)
+  init_key, aug_key, dropout_key = (jax.random.fold_in(root_key, i) for i in range(3))
+
+  # ---------------------------------------------------------------- Mesh
+  mesh = shd.make_mesh()
+  repl, batch_sh = shd.replicated(mesh), shd.batch_sharding(mesh)
+  logging.info("mesh: %d devices (%s), %d processes", mesh.devices.size,
+               jax.devices()[0].platform, jax.process_count())
+
+  # ---------------------------------------------------------------- Input
+  data = pipeline.build(config.data, mesh, config.seed, config.batch_size,
+                        config.eval_batch_size)
+  steps_per_epoch = data.train.steps_per_epoch
+  total_steps = optim.steps_from(config, "total", steps_per_epoch)
+  logging.info("data %s: %d train examples (%d steps/epoch), eval sets %s, %d classes",
+               config.data.name, data.train.num_examples, steps_per_epoch,
+               {k: v.num_examples for k, v in data.evals.items()}, data.num_classes)
+
+  # ---------------------------------------------------------------- Model and optimizer
+  model = models.build_student(config.model, data.num_classes)
+  tx = optim.build(config.optimizer, total_steps, steps_per_epoch)
+
+  # ---------------------------------------------------------------- State, shape first
+  image_shape = (config.data.image_size, config.data.image_size, 3)
+  init = functools.partial(steps.create_train_state, model, tx, image_shape)
+  abstract_state = jax.eval_shape(init, init_key)
+  state_sh = jax.tree.map(lambda _: repl, abstract_state)
+  state = jax.jit(init, out_shardings=state_sh)(init_key)
+  num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
+  logging.info("student %s: %s parameters", config.model.name, f"{num_params:,}")
+
+  # ---------------------------------------------------------------- Steps
+  train_step = jax.jit(
+      steps.make_train_step(model, tx, config.loss, data.num_classes),
+      in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+      donate_argnums=0)
+
+  def predict(variables, images):
+    return model.apply(variables, images, train=False)[0]
+
+  eval_step = jax.jit(steps.make_eval_step(predict, data.num_classes),
+                      in_shardings=(repl, batch_sh), out_shardings=repl)
+
+  # ---------------------------------------------------------------- Checkpoint and resume
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.max_to_keep)
+  cost = {"wall_time_s": 0.0, "train_flops": 0.0, "eval_flops": 0.0}
+  start_step = 0
+  if ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(ckpt.latest_step(),
+                               checkpoint.abstract_like(abstract_state, state_sh))
+    start_step, cost = int(meta["step"]), meta["cost"]
+    logging.info("resumed from step %d (data position: epoch %d, batch %d)", start_step,
+                 *divmod(start_step, steps_per_epoch))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  # ---------------------------------------------------------------- Cost (XLA's count)
+  abstract_batch = {"image": jax.ShapeDtypeStruct((config.batch_size,) + image_shape,
+                                                  np.float32, sharding=batch_sh),
+                    "label": jax.ShapeDtypeStruct((config.batch_size,), np.int32,
+                                                  sharding=batch_sh)}
+  flops_per_step = _flops(train_step, state, abstract_batch, dropout_key)
+  eval_flops_per_batch = _flops(eval_step, {"params": state.params,
+                                            "batch_stats": state.batch_stats},
+                                {**abstract_batch, "mask": abstract_batch["label"]})
+  eval_flops_per_batch *= config.eval_batch_size / config.batch_size
+  logging.info("XLA cost analysis: %.3g FLOPs per train step (global batch %d)",
+               flops_per_step, config.batch_size)
+
+  # ---------------------------------------------------------------- Evaluation
+  def run_evals(step):
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    out = {}
+    for name, ev in data.evals.items():
+      for k, v in classification.evaluate(eval_step, variables, ev).items():
+        out[f"{name}/{k}"] = v
+      cost["eval_flops"] += eval_flops_per_batch * ev.num_batches
+    logging.info("eval at step %d: %s", step, out)
+    return out
+
+  # ---------------------------------------------------------------- Loop
+  writer = MetricWriter(workdir)
+  progress = Progress(total_steps, config.batch_size, start_step)
+  t_start, wall_before = time.perf_counter(), cost["wall_time_s"]
+  pending = []
+
+  def record_cost(step):
+    cost["wall_time_s"] = wall_before + time.perf_counter() - t_start
+    cost["train_flops"] = flops_per_step * step
+    cost["flops_per_train_step"] = flops_per_step
+
+  def save(step):
+    record_cost(step)
+    ckpt.save(step, state, {"step": step, "cost": cost,
+                            "data_position": {"epoch": step // steps_per_epoch,
+                                              "batch_in_epoch": step % steps_per_epoch}})
+
+  final_metrics = {}
+  for step in range(start_step + 1, total_steps + 1):
+    batch = data.train.batch(step - 1, jax.random.fold_in(aug_key, step - 1))
+    state, metrics = train_step(state, batch, dropout_key)
+    pending.append(metrics)
+    if step % config.log_every_steps == 0 or step == total_steps:
+      means = {f"train/{k}": float(np.mean(v)) for k, v in
+               jax.tree.map(lambda *x: np.stack(x), *jax.device_get(pending)).items()}
+      pending = []
+      _check_finite(step, means)
+      speed = progress.report(step, means)
+      means["train/learning_rate"] = float(optim.schedule(
+          config.optimizer, total_steps, steps_per_epoch)(step - 1))
+      writer.write(step, {**means, **speed, "epoch": step / steps_per_epoch})
+    is_last = step == total_steps
+    if is_last or (config.eval_every_steps and step % config.eval_every_steps == 0):
+      final_metrics = run_evals(step)
+      writer.write(step, final_metrics)
+    if is_last or step % config.checkpoint_every_steps == 0:
+      save(step)
+
+  if start_step >= total_steps:  # already finished: evaluate the restored state again
+    final_metrics = run_evals(total_steps)
+  record_cost(total_steps)
+  cost["total_flops"] = cost["train_flops"] + cost["eval_flops"]
+  final_metrics.update({f"cost/{k}": v for k, v in cost.items()})
+  writer.write(total_steps, final_metrics)
+  writer.close()
+  ckpt.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "cost.json"), "w") as f:
+      json.dump(cost, f, indent=2)
+  return Result(state=state, metrics=final_metrics)
+
+
+def _flops(jitted, *args) -> float:
+  """Global FLOPs of one call, from XLA's cost analysis of the (unpartitioned) lowered HLO."""
+  analysis = jitted.lower(*args).cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older jax returned one dict per computation
+    analysis = analysis[0]
+  return float((analysis or {}).get("flops", 0.0))
+
+
+def _check_finite(step: int, means: dict) -> None:
+  bad = [k for k, v in means.items() if not np.isfinite(v)]
+  if bad:
+    raise FloatingPointError(f"non-finite {bad} at step {step}; the last checkpoint is kept")

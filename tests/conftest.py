@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny, fast config on the embedded digits, prepared once per session."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny_config(tfds_dir: str, **overrides):
+  """ResNet-18 at width 8 on 8 px digits, 4 steps: every code path, seconds to run."""
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import demo  # configs/demo.py
+
+  c = demo.get_config("runlocal")
+  c.data.data_dir = tfds_dir
+  c.data.load_size = 8
+  c.data.image_size = 8
+  c.model.width = 8
+  c.batch_size = 16
+  c.eval_batch_size = 32
+  c.total_steps = 4
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 2
+  for key, value in overrides.items():
+    node = c
+    *path, leaf = key.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def run_python(code_or_args, env_extra=None, timeout=600):
+  """Runs `python -c code` (str) or `python args...` (list) from the repo root."""
+  env = dict(os.environ, PYTHONPATH=REPO, **(env_extra or {}))
+  args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=timeout)
