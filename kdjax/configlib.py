@@ -38,6 +38,8 @@ def base() -> ml_collections.ConfigDict:
   c.eval_every_steps = config_dict.placeholder(int)  # unset: evaluate at the end only
   c.checkpoint_every_steps = 1000
   c.max_to_keep = 3
+  # CPU only: route convolutions to Eigen (an XLA flag set by kdjax.runtime before JAX starts).
+  c.fast_cpu_convolutions = True
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "resnet18"  # resnet18 | resnet34 | mobilenet_v2
@@ -46,6 +48,8 @@ def base() -> ml_collections.ConfigDict:
   c.model.width_multiplier = 1.0  # MobileNetV2
   c.model.cifar_strides = True  # MobileNetV2: stride 1 in the stem and first stride-2 stage
   c.model.dropout_rate = 0.2  # MobileNetV2 classifier dropout
+  # auto: kdjax's CPU convolution (kdjax/models/cpu_conv.py) on CPU, XLA's elsewhere | xla | cpu
+  c.model.conv_impl = "auto"
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
 
   c.optimizer = ml_collections.ConfigDict()

@@ -34,7 +34,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  import jax  # after flags: XLA_FLAGS set by the caller must be in place first
+  from kdjax import runtime
+
+  runtime.configure(_CONFIG.value.fast_cpu_convolutions)
+  import jax  # only now: XLA reads XLA_FLAGS when the first backend starts
 
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
@@ -54,7 +57,10 @@ def run():
     app.run(main)
   except (KeyError, AttributeError) as e:
     # ml_collections reports a mistyped --config.x override as one of these, before main runs.
-    print(f"config error: {e}", file=sys.stderr)
+    while e.args and isinstance(e.args[0], BaseException):  # AttributeError(KeyError(msg))
+      e = e.args[0]
+    message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    print(f"config error: no such key {message}", file=sys.stderr)
     sys.exit(2)
 
 

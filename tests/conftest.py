@@ -9,6 +9,10 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from kdjax import runtime  # noqa: E402  (no jax import; must run before any test imports jax)
+
+runtime.configure(fast_cpu_convolutions=True)  # as kdjax.main does; subprocesses inherit it
+
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from conftest import REPO, run_python
 
-EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+from kdjax import runtime
+
+EIGHT_DEVICES = {
+    "XLA_FLAGS": runtime.with_cpu_flags("--xla_force_host_platform_device_count=8")}
 
 
 def _train(tfds_dir, workdir, env=None, **overrides):

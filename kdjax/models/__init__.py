@@ -1,26 +1,28 @@
 """Model construction from the config: one explicit table of students (no import-time registry)."""
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
+from kdjax.models import cpu_conv
 from kdjax.models.students import mobilenet_v2, resnet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _resnet18(num_classes, cfg, dtype):
-  return resnet.resnet18(num_classes, stem=cfg.stem, width=cfg.width, dtype=dtype)
+def _resnet18(num_classes, cfg, dtype, conv):
+  return resnet.resnet18(num_classes, stem=cfg.stem, width=cfg.width, dtype=dtype, conv=conv)
 
 
-def _resnet34(num_classes, cfg, dtype):
-  return resnet.resnet34(num_classes, stem=cfg.stem, width=cfg.width, dtype=dtype)
+def _resnet34(num_classes, cfg, dtype, conv):
+  return resnet.resnet34(num_classes, stem=cfg.stem, width=cfg.width, dtype=dtype, conv=conv)
 
 
-def _mobilenet_v2(num_classes, cfg, dtype):
+def _mobilenet_v2(num_classes, cfg, dtype, conv):
   return mobilenet_v2.MobileNetV2(
       num_classes=num_classes, width_multiplier=cfg.width_multiplier,
       cifar_strides=cfg.cifar_strides, dropout_rate=cfg.dropout_rate,
-      dtype=dtype)
+      dtype=dtype, conv=conv)
 
 
 STUDENTS = {"resnet18": _resnet18, "resnet34": _resnet34, "mobilenet_v2": _mobilenet_v2}
@@ -32,4 +34,15 @@ def build_student(cfg: ml_collections.ConfigDict, num_classes: int):
     raise ValueError(f"unknown student {cfg.name!r}; valid: {sorted(STUDENTS)}")
   if cfg.dtype not in DTYPES:
     raise ValueError(f"unknown model dtype {cfg.dtype!r}; valid: {sorted(DTYPES)}")
-  return STUDENTS[cfg.name](num_classes, cfg, DTYPES[cfg.dtype])
+  return STUDENTS[cfg.name](num_classes, cfg, DTYPES[cfg.dtype], conv_function(cfg.conv_impl))
+
+
+def conv_function(impl: str):
+  """The `conv_general_dilated` for nn.Conv: kdjax's CPU conv on CPU (impl 'auto'), or lax."""
+  if impl == "auto":
+    impl = "cpu" if jax.default_backend() == "cpu" else "xla"
+  if impl == "cpu":
+    return cpu_conv.conv_general_dilated
+  if impl == "xla":
+    return jax.lax.conv_general_dilated
+  raise ValueError(f"unknown model.conv_impl {impl!r}; valid: ['auto', 'cpu', 'xla']")

@@ -8,10 +8,12 @@ stem and the first stride-2 stage use stride 1, so the last feature map is 4x4 i
 `__call__` returns `(logits, out)` with `out["pre_logits"]` [B, last_channels].
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # (expansion t, output channels c, repeats n, stride s) from the paper's Table 2.
@@ -36,13 +38,15 @@ class ConvBNReLU6(nn.Module):
   groups: int = 1
   act: bool = True
   dtype: Any = jnp.float32
+  conv: Callable = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, train: bool):
     pad = (self.kernel - 1) // 2
     x = nn.Conv(self.features, (self.kernel, self.kernel), (self.strides, self.strides),
                 padding=[(pad, pad)] * 2, feature_group_count=self.groups, use_bias=False,
-                kernel_init=conv_init, dtype=self.dtype, name="conv")(x)
+                kernel_init=conv_init, dtype=self.dtype, conv_general_dilated=self.conv,
+                name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      dtype=self.dtype, name="bn")(x)
     return jnp.clip(x, 0, 6) if self.act else x
@@ -53,6 +57,7 @@ class InvertedResidual(nn.Module):
   strides: int
   expansion: int
   dtype: Any = jnp.float32
+  conv: Callable = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -60,10 +65,11 @@ class InvertedResidual(nn.Module):
     hidden = int(round(in_features * self.expansion))
     y = x
     if self.expansion != 1:
-      y = ConvBNReLU6(hidden, 1, dtype=self.dtype, name="expand")(y, train)
-    y = ConvBNReLU6(hidden, 3, self.strides, groups=hidden, dtype=self.dtype,
+      y = ConvBNReLU6(hidden, 1, dtype=self.dtype, conv=self.conv, name="expand")(y, train)
+    y = ConvBNReLU6(hidden, 3, self.strides, groups=hidden, dtype=self.dtype, conv=self.conv,
                     name="depthwise")(y, train)
-    y = ConvBNReLU6(self.features, 1, act=False, dtype=self.dtype, name="project")(y, train)
+    y = ConvBNReLU6(self.features, 1, act=False, dtype=self.dtype, conv=self.conv,
+                    name="project")(y, train)
     if self.strides == 1 and in_features == self.features:
       y = x + y
     return y
@@ -75,6 +81,7 @@ class MobileNetV2(nn.Module):
   cifar_strides: bool = True
   dropout_rate: float = 0.2
   dtype: Any = jnp.float32
+  conv: Callable = lax.conv_general_dilated  # kdjax.models.cpu_conv on CPU
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -82,7 +89,7 @@ class MobileNetV2(nn.Module):
     x = x.astype(self.dtype)
     wm = self.width_multiplier
     x = ConvBNReLU6(make_divisible(32 * wm), 3, 1 if self.cifar_strides else 2,
-                    dtype=self.dtype, name="stem")(x, train)
+                    dtype=self.dtype, conv=self.conv, name="stem")(x, train)
     out["stem"] = x
     first_stride2_seen = False
     for i, (t, c, n, s) in enumerate(INVERTED_RESIDUAL_SETTING):
@@ -92,9 +99,9 @@ class MobileNetV2(nn.Module):
           s = 1
       for j in range(n):
         x = InvertedResidual(make_divisible(c * wm), s if j == 0 else 1, t, dtype=self.dtype,
-                             name=f"stage{i + 1}_block{j + 1}")(x, train)
+                             conv=self.conv, name=f"stage{i + 1}_block{j + 1}")(x, train)
       out[f"stage{i + 1}"] = x
-    x = ConvBNReLU6(make_divisible(1280 * max(1.0, wm)), 1, dtype=self.dtype,
+    x = ConvBNReLU6(make_divisible(1280 * max(1.0, wm)), 1, dtype=self.dtype, conv=self.conv,
                     name="last_conv")(x, train)
     x = jnp.mean(x, axis=(1, 2))  # [B, C]
     out["pre_logits"] = x

@@ -15,11 +15,12 @@ Two stems:
 `pre_logits` [B, 8 * width], `logits`) for the distillation losses.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 # torchvision initialises convolutions with kaiming_normal(mode="fan_out", relu).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -31,6 +32,7 @@ class BasicBlock(nn.Module):
   features: int
   strides: int = 1
   dtype: Any = jnp.float32
+  conv: Callable = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -38,7 +40,7 @@ class BasicBlock(nn.Module):
         use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=name)
     conv = lambda f, k, s, name: nn.Conv(  # noqa: E731
         f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False,
-        kernel_init=conv_init, dtype=self.dtype, name=name)
+        kernel_init=conv_init, dtype=self.dtype, conv_general_dilated=self.conv, name=name)
     residual = x
     y = nn.relu(norm("bn1")(conv(self.features, 3, self.strides, "conv1")(x)))
     y = norm("bn2")(conv(self.features, 3, 1, "conv2")(y))
@@ -55,6 +57,7 @@ class ResNet(nn.Module):
   width: int = 64
   stem: str = "cifar"
   dtype: Any = jnp.float32
+  conv: Callable = lax.conv_general_dilated  # kdjax.models.cpu_conv on CPU: same maths, faster
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -62,10 +65,12 @@ class ResNet(nn.Module):
     x = x.astype(self.dtype)
     if self.stem == "cifar":
       x = nn.Conv(self.width, (3, 3), padding=[(1, 1)] * 2, use_bias=False,
-                  kernel_init=conv_init, dtype=self.dtype, name="stem_conv")(x)
+                  kernel_init=conv_init, dtype=self.dtype, conv_general_dilated=self.conv,
+                  name="stem_conv")(x)
     elif self.stem == "imagenet":
       x = nn.Conv(self.width, (7, 7), (2, 2), padding=[(3, 3)] * 2, use_bias=False,
-                  kernel_init=conv_init, dtype=self.dtype, name="stem_conv")(x)
+                  kernel_init=conv_init, dtype=self.dtype, conv_general_dilated=self.conv,
+                  name="stem_conv")(x)
     else:
       raise ValueError(f"unknown ResNet stem {self.stem!r}: use 'cifar' or 'imagenet'")
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
@@ -77,7 +82,7 @@ class ResNet(nn.Module):
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = BasicBlock(self.width * 2**i, strides, dtype=self.dtype,
+        x = BasicBlock(self.width * 2**i, strides, dtype=self.dtype, conv=self.conv,
                        name=f"stage{i + 1}_block{j + 1}")(x, train)
       out[f"stage{i + 1}"] = x
     x = jnp.mean(x, axis=(1, 2))  # [B, C] global average pool
@@ -88,9 +93,11 @@ class ResNet(nn.Module):
     return logits, out
 
 
-def resnet18(num_classes: int, stem: str = "cifar", width: int = 64, dtype=jnp.float32):
-  return ResNet(num_classes, (2, 2, 2, 2), width=width, stem=stem, dtype=dtype)
+def resnet18(num_classes: int, stem: str = "cifar", width: int = 64, dtype=jnp.float32,
+             conv=lax.conv_general_dilated):
+  return ResNet(num_classes, (2, 2, 2, 2), width=width, stem=stem, dtype=dtype, conv=conv)
 
 
-def resnet34(num_classes: int, stem: str = "cifar", width: int = 64, dtype=jnp.float32):
-  return ResNet(num_classes, (3, 4, 6, 3), width=width, stem=stem, dtype=dtype)
+def resnet34(num_classes: int, stem: str = "cifar", width: int = 64, dtype=jnp.float32,
+             conv=lax.conv_general_dilated):
+  return ResNet(num_classes, (3, 4, 6, 3), width=width, stem=stem, dtype=dtype, conv=conv)

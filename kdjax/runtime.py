@@ -1,0 +1,30 @@
+"""Process-level XLA settings, applied before JAX initialises its backends.
+
+On CPU, XLA (jaxlib 0.10.x) sends convolutions to YNNPACK by default, whose weight-gradient
+convolutions run at 5-20 GFLOP/s here; Eigen's run ~10x faster (experiments/README.md). The flag
+below routes convolutions to Eigen. It is only added on CPU-only installs: XLA aborts on flags it
+does not know, and the GPU/TPU builds have no reason to carry this CPU flag.
+"""
+
+import importlib.util
+import os
+
+CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "libtpu")
+
+
+def cpu_only_install() -> bool:
+  return not any(importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS)
+
+
+def with_cpu_flags(xla_flags: str) -> str:
+  """`xla_flags` plus kdjax's CPU flags, unless the user already set those flags."""
+  present = {f.split("=")[0] for f in xla_flags.split()}
+  extra = [f for f in CPU_XLA_FLAGS if f.split("=")[0] not in present]
+  return " ".join([xla_flags, *extra]).strip()
+
+
+def configure(fast_cpu_convolutions: bool) -> None:
+  """Call before the first `import jax` of the process."""
+  if fast_cpu_convolutions and cpu_only_install():
+    os.environ["XLA_FLAGS"] = with_cpu_flags(os.environ.get("XLA_FLAGS", ""))
