@@ -32,9 +32,5 @@ def get_config(arg=None):
   c.checkpoint_every_steps = 100
   c.optimizer.learning_rate = 0.05
   if arg.runlocal:
-    c.total_epochs = None
-    c.total_steps = 6
-    c.log_every_steps = 2
-    c.eval_every_steps = None
-    c.checkpoint_every_steps = 3
+    configlib.shrink_for_local_run(c)
   return c

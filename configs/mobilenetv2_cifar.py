@@ -23,11 +23,5 @@ def get_config(arg=None):
   c.eval_every_steps = 5000
   c.checkpoint_every_steps = 5000
   if arg.runlocal:
-    c.batch_size = 16
-    c.eval_batch_size = 32
-    c.total_epochs = None
-    c.total_steps = 4
-    c.log_every_steps = 2
-    c.eval_every_steps = None
-    c.checkpoint_every_steps = 2
+    configlib.shrink_for_local_run(c)
   return c

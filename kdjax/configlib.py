@@ -27,6 +27,18 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+def shrink_for_local_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `runlocal` switch: a few small steps that exercise every code path on a CPU."""
+  c.batch_size = 16
+  c.eval_batch_size = 32
+  c.total_epochs = None
+  c.total_steps = 4
+  c.log_every_steps = 2
+  c.eval_every_steps = None
+  c.checkpoint_every_steps = 2
+  return c
+
+
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0

@@ -53,6 +53,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   # ---------------------------------------------------------------- Model and optimizer
   model = models.build_student(config.model, data.num_classes)
   tx = optim.build(config.optimizer, total_steps, steps_per_epoch)
+  learning_rate = optim.schedule(config.optimizer, total_steps, steps_per_epoch)  # for logging
 
   # ---------------------------------------------------------------- State, shape first
   image_shape = (config.data.image_size, config.data.image_size, 3)
@@ -90,15 +91,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
       f.write(config.to_json_best_effort(indent=2))
 
   # ---------------------------------------------------------------- Cost (XLA's count)
-  abstract_batch = {"image": jax.ShapeDtypeStruct((config.batch_size,) + image_shape,
-                                                  np.float32, sharding=batch_sh),
-                    "label": jax.ShapeDtypeStruct((config.batch_size,), np.int32,
-                                                  sharding=batch_sh)}
-  flops_per_step = _flops(train_step, state, abstract_batch, dropout_key)
+  def abstract_batch(size, with_mask=False):
+    batch = {"image": jax.ShapeDtypeStruct((size,) + image_shape, np.float32, sharding=batch_sh),
+             "label": jax.ShapeDtypeStruct((size,), np.int32, sharding=batch_sh)}
+    if with_mask:
+      batch["mask"] = jax.ShapeDtypeStruct((size,), np.float32, sharding=batch_sh)
+    return batch
+
+  flops_per_step = _flops(train_step, state, abstract_batch(config.batch_size), dropout_key)
   eval_flops_per_batch = _flops(eval_step, {"params": state.params,
                                             "batch_stats": state.batch_stats},
-                                {**abstract_batch, "mask": abstract_batch["label"]})
-  eval_flops_per_batch *= config.eval_batch_size / config.batch_size
+                                abstract_batch(config.eval_batch_size, with_mask=True))
   logging.info("XLA cost analysis: %.3g FLOPs per train step (global batch %d)",
                flops_per_step, config.batch_size)
 
@@ -141,8 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
       pending = []
       _check_finite(step, means)
       speed = progress.report(step, means)
-      means["train/learning_rate"] = float(optim.schedule(
-          config.optimizer, total_steps, steps_per_epoch)(step - 1))
+      means["train/learning_rate"] = float(learning_rate(step - 1))
       writer.write(step, {**means, **speed, "epoch": step / steps_per_epoch})
     is_last = step == total_steps
     if is_last or (config.eval_every_steps and step % config.eval_every_steps == 0):

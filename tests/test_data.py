@@ -93,7 +93,9 @@ def test_streaming_and_in_memory_give_identical_batches(tfds_dir):
   rows = np.arange(0, 1437, 3)
   mem = pipeline.TrainInput(src, rows, cfg.data, mesh, 16, seed=1)
   cfg.data.in_memory = False
-  stream = pipeline.TrainInput(src, rows, cfg.data, mesh, 16, seed=1)
+  stream_src = sources.open_source(cfg.data, "train")  # decodes records per batch, no cache
+  assert not stream_src.keep_in_memory
+  stream = pipeline.TrainInput(stream_src, rows, cfg.data, mesh, 16, seed=1)
   for step in (0, 5, 40):
     key = jax.random.key(step)
     m, s = mem.batch(step, key), stream.batch(step, key)

@@ -37,15 +37,28 @@ class Source:
   def __len__(self) -> int:
     return len(self.records)
 
+  keep_in_memory: bool = False  # decode the whole split once, on first use, and keep it
+  _cache: tuple | None = None
+
   def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+    indices = np.asarray(indices, np.int64)
+    if self.keep_in_memory:
+      if self._cache is None:
+        self._cache = self._decode(range(len(self)))
+      return self._cache[0][indices], self._cache[1][indices]
+    return self._decode(indices)
+
+  def labels(self) -> np.ndarray:
+    """All labels of the split (decodes images too: TFDS's mock data cannot skip them)."""
+    if self.keep_in_memory:
+      return self.read(np.arange(len(self)))[1]
+    return np.asarray([self.records[i]["label"] for i in range(len(self))], np.int32)
+
+  def _decode(self, indices) -> tuple[np.ndarray, np.ndarray]:
     examples = [self.records[int(i)] for i in indices]
     images = np.stack([self._image(ex["image"]) for ex in examples])
     labels = np.asarray([ex["label"] for ex in examples], np.int32)
     return images, labels
-
-  def labels(self) -> np.ndarray:
-    """All labels of the split (decodes images too: TFDS's mock data cannot skip them)."""
-    return np.asarray([self.records[i]["label"] for i in range(len(self))], np.int32)
 
   def _image(self, image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
@@ -91,7 +104,8 @@ def open_source(cfg, split: str) -> Source:
         f"--config.data.data_dir at a prepared copy. ({type(e).__name__}: {e})") from e
   label = builder.info.features["label"]
   return Source(name=cfg.name, split=split, records=records, num_classes=label.num_classes,
-                class_names=list(label.names), load_size=cfg.load_size or None)
+                class_names=list(label.names), load_size=cfg.load_size or None,
+                keep_in_memory=cfg.in_memory)
 
 
 def split_train_val(labels: np.ndarray, cfg, seed: int) -> tuple[np.ndarray, np.ndarray]:
