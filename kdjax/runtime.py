@@ -3,9 +3,11 @@
 On CPU, XLA (jaxlib 0.10.x) sends convolutions to YNNPACK by default, whose weight-gradient
 convolutions run at 5-20 GFLOP/s here; Eigen's run ~10x faster (experiments/README.md). The flag
 below routes convolutions to Eigen. It is only added on CPU-only installs: XLA aborts on flags it
-does not know, and the GPU/TPU builds have no reason to carry this CPU flag.
+does not know, and the GPU/TPU builds have no reason to carry this CPU flag; it is also only added
+for the jaxlib releases we measured (TESTED_JAXLIB; extend it after checking a new release).
 """
 
+import importlib.metadata
 import importlib.util
 import os
 
@@ -13,8 +15,21 @@ CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution
 ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "libtpu")
 
 
+# The flag is experimental: XLA aborts at start-up on a flag it does not know, so it is only
+# added for jaxlib releases where we checked it exists and helps.
+TESTED_JAXLIB = ("0.10.",)
+
+
 def cpu_only_install() -> bool:
   return not any(importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS)
+
+
+def flag_known_to_jaxlib() -> bool:
+  try:
+    version = importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return False
+  return version.startswith(TESTED_JAXLIB)
 
 
 def with_cpu_flags(xla_flags: str) -> str:
@@ -26,5 +41,5 @@ def with_cpu_flags(xla_flags: str) -> str:
 
 def configure(fast_cpu_convolutions: bool) -> None:
   """Call before the first `import jax` of the process."""
-  if fast_cpu_convolutions and cpu_only_install():
+  if fast_cpu_convolutions and cpu_only_install() and flag_known_to_jaxlib():
     os.environ["XLA_FLAGS"] = with_cpu_flags(os.environ.get("XLA_FLAGS", ""))

@@ -169,9 +169,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
 
 def _flops(jitted, *args) -> float:
   """Global FLOPs of one call, from XLA's cost analysis of the (unpartitioned) lowered HLO."""
-  analysis = jitted.lower(*args).cost_analysis()
-  if isinstance(analysis, (list, tuple)):  # older jax returned one dict per computation
-    analysis = analysis[0]
+  lowered = jitted.lower(*args)
+  try:
+    analysis = lowered.cost_analysis()
+  except (AttributeError, NotImplementedError):  # not every jax/backend offers the HLO count
+    analysis = lowered.compile().cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # some jax versions return one dict per computation
+    analysis = analysis[0] if analysis else {}
   return float((analysis or {}).get("flops", 0.0))
 
 

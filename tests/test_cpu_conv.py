@@ -69,3 +69,15 @@ def test_resnet_with_cpu_conv_matches_lax_in_a_train_step():
   g_plain = jax.jit(jax.grad(lambda p: loss(plain, p)))(variables["params"])
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_cpu_flags_are_appended_once_and_respect_the_users_choice():
+  from kdjax import runtime
+
+  flag = runtime.CPU_XLA_FLAGS[0]
+  assert runtime.with_cpu_flags("") == flag
+  combined = runtime.with_cpu_flags("--xla_force_host_platform_device_count=8")
+  assert combined == f"--xla_force_host_platform_device_count=8 {flag}"
+  assert runtime.with_cpu_flags(combined) == combined
+  users = "--xla_cpu_experimental_ynn_fusion_type=dot"  # the user's own value wins
+  assert runtime.with_cpu_flags(users) == users
