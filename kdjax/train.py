@@ -155,10 +155,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
 
   if start_step >= total_steps:  # already finished: evaluate the restored state again
     final_metrics = run_evals(total_steps)
+    writer.write(total_steps, final_metrics)
   record_cost(total_steps)
   cost["total_flops"] = cost["train_flops"] + cost["eval_flops"]
-  final_metrics.update({f"cost/{k}": v for k, v in cost.items()})
-  writer.write(total_steps, final_metrics)
+  cost_metrics = {f"cost/{k}": v for k, v in cost.items()}
+  writer.write(total_steps, cost_metrics)
+  final_metrics.update(cost_metrics)
   writer.close()
   ckpt.close()
   if jax.process_index() == 0:
