@@ -53,7 +53,7 @@ def run_kdjax(args):
   config = resnet18_cifar.get_config()
   config.model.name, config.model.conv_impl = args.model, args.conv_impl
   model = models.build_student(config.model, 10)
-  tx = optim.build(config.optimizer, 1000, 100)
+  tx = optim.build(config.optimizer, optim.schedule(config.optimizer, 1000, 100))
   state = steps.create_train_state(model, tx, (args.image_size, args.image_size, 3),
                                    jax.random.key(0))
   step = jax.jit(steps.make_train_step(model, tx, config.loss, 10), donate_argnums=0)

@@ -42,8 +42,8 @@ def _decay_mask(params, decay_all: bool):
   return jax.tree.map(lambda p: decay_all or p.ndim > 1, params)
 
 
-def build(cfg, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
-  lr = schedule(cfg, total_steps, steps_per_epoch)
+def build(cfg, lr: optax.Schedule) -> optax.GradientTransformation:
+  """The optimizer `cfg.name` with learning-rate schedule `lr` (from `schedule`)."""
   mask = lambda p: _decay_mask(p, cfg.decay_norm_and_bias)  # noqa: E731
   if cfg.name == "sgd":
     return optax.chain(

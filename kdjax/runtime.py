@@ -13,10 +13,6 @@ import os
 
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "libtpu")
-
-
-# The flag is experimental: XLA aborts at start-up on a flag it does not know, so it is only
-# added for jaxlib releases where we checked it exists and helps.
 TESTED_JAXLIB = ("0.10.",)
 
 

@@ -52,8 +52,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
 
   # ---------------------------------------------------------------- Model and optimizer
   model = models.build_student(config.model, data.num_classes)
-  tx = optim.build(config.optimizer, total_steps, steps_per_epoch)
-  learning_rate = optim.schedule(config.optimizer, total_steps, steps_per_epoch)  # for logging
+  learning_rate = optim.schedule(config.optimizer, total_steps, steps_per_epoch)
+  tx = optim.build(config.optimizer, learning_rate)
 
   # ---------------------------------------------------------------- State, shape first
   image_shape = (config.data.image_size, config.data.image_size, 3)

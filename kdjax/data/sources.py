@@ -33,12 +33,11 @@ class Source:
   num_classes: int
   class_names: list
   load_size: int | None = None  # resize every image to load_size x load_size when set
+  keep_in_memory: bool = False  # decode the whole split once, on first use, and keep it
+  _cache: tuple | None = dataclasses.field(default=None, init=False, repr=False)
 
   def __len__(self) -> int:
     return len(self.records)
-
-  keep_in_memory: bool = False  # decode the whole split once, on first use, and keep it
-  _cache: tuple | None = None
 
   def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
     indices = np.asarray(indices, np.int64)
