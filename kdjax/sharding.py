@@ -53,3 +53,31 @@ def process_slice(global_batch: int) -> slice:
   per_process = global_batch // jax.process_count()
   start = jax.process_index() * per_process
   return slice(start, start + per_process)
+
+
+PARAM_SHARDINGS = ("replicate", "fsdp")
+FSDP_MIN_SIZE = 2**16  # arrays smaller than this stay replicated (gathering them costs more)
+
+
+def fsdp_spec(shape: tuple[int, ...], num_devices: int) -> P:
+  """Splits the largest dimension divisible by the device count; small arrays stay whole.
+
+  Parameters sharded this way are gathered by XLA where a computation needs them whole
+  (FSDP / ZeRO-3 style): memory per device falls by the device count for the big matrices.
+  """
+  if int(np.prod(shape, dtype=np.int64)) < FSDP_MIN_SIZE:
+    return P()
+  for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+    if shape[axis] % num_devices == 0:
+      return P(*([None] * axis + [DATA_AXIS]))
+  return P()
+
+
+def param_shardings(tree, mesh: Mesh, mode: str = "replicate"):
+  """NamedShardings for a parameter tree: replicated, or split over the data axis ("fsdp")."""
+  if mode == "replicate":
+    return jax.tree.map(lambda _: replicated(mesh), tree)
+  if mode == "fsdp":
+    n = mesh.devices.size
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), n)), tree)
+  raise ValueError(f"unknown parameter sharding {mode!r}; valid: {list(PARAM_SHARDINGS)}")
