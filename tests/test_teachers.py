@@ -193,3 +193,28 @@ print("DIFF", diff)
   assert float(lines["DIFF"]) <= 1e-5
   count, local_shape_ok = lines["SPLIT"].split()
   assert local_shape_ok == "True" and int(count) >= 3
+
+
+@pytest.mark.parametrize("processor", ["ConvNext", "ViT", "CLIP", "Bit", "MobileNetV2"])
+def test_preprocess_follows_the_checkpoints_preprocessor_config(processor, tmp_path):
+  """Resize (short side or square, crop_pct), centre crop, rescale and normalise as HF does.
+
+  HF resizes uint8 images with PIL; we resize on the accelerator with jax.image.resize (same
+  kernels, antialiased) and round to uint8 levels as PIL does. Measured on these images: mean
+  difference 0.001-0.003, max 2 uint8 levels; bound: 3 levels, mean 0.005.
+  """
+  kwargs = {"ConvNext": dict(size={"shortest_edge": 224}, crop_pct=0.875, resample=3),
+            "ViT": dict(size={"height": 224, "width": 224}),
+            "CLIP": {},
+            "Bit": dict(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}),
+            "MobileNetV2": {}}[processor]
+  hf = getattr(transformers, f"{processor}ImageProcessor")(**kwargs)
+  hf.save_pretrained(tmp_path)
+  small = np.random.RandomState(0).randint(0, 256, (2, 12, 16, 3)).astype(np.float32)
+  images = np.asarray(jax.image.resize(small, (2, 300, 400, 3), "linear"))
+  images = images.round().clip(0, 255).astype(np.uint8)  # smooth, like photographs
+  ref = hf(list(images), return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
+  out = np.asarray(teachers.preprocessing_from(tmp_path, {})(images))
+  assert out.shape == ref.shape == (2, 224, 224, 3)
+  level = 1 / 255 / np.asarray(hf.image_std).min()
+  assert np.abs(out - ref).max() <= 3 * level and np.abs(out - ref).mean() <= 0.005
