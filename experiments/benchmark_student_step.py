@@ -61,11 +61,11 @@ def run_kdjax(args):
                                                          args.image_size, 3)),
            "label": jax.random.randint(jax.random.key(2), (args.batch,), 0, 10)}
   key = jax.random.key(3)
-  flops = step.lower(state, batch, key).cost_analysis()["flops"]
+  flops = step.lower(state, batch, key, {}).cost_analysis()["flops"]
   holder = [state]
 
   def one():
-    holder[0], metrics = step(holder[0], batch, key)
+    holder[0], metrics = step(holder[0], batch, key, {})
     jax.block_until_ready(metrics)
 
   for _ in range(args.warmup):

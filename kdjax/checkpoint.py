@@ -37,6 +37,12 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
+  def restore_raw(self, step: int):
+    """(state as saved: nested dicts of arrays, meta) without a target, e.g. for inspection."""
+    restored = self._mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+
   def close(self) -> None:
     self._mgr.wait_until_finished()
     self._mgr.close()

@@ -63,6 +63,12 @@ def base() -> ml_collections.ConfigDict:
   # auto: kdjax's CPU convolution (kdjax/models/cpu_conv.py) on CPU, XLA's elsewhere | xla | cpu
   c.model.conv_impl = "auto"
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  # Hub id or local directory: start from these weights (a kdjax Flax port of the HF model)
+  # with a new head; model.name then says the family (resnet18, mobilenet_v2) or "hub" (any).
+  c.model.pretrained = ""
+  c.model.freeze_backbone = False  # with pretrained: linear probe (backbone frozen, eval mode)
+  # Frozen backbone parameters: replicate | fsdp (split over the devices, for huge teachers).
+  c.model.param_sharding = "replicate"
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"  # sgd | adam | adamw
@@ -76,6 +82,8 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.999
   c.optimizer.weight_decay = 5e-4
   c.optimizer.decay_norm_and_bias = False
+  # Pre-trained backbone's learning rate = this x learning_rate (paper A fine-tune: 0.1).
+  c.optimizer.backbone_lr_scale = 1.0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.label_smoothing = 0.0
@@ -98,6 +106,9 @@ def base() -> ml_collections.ConfigDict:
   c.data.eval_crop_fraction = 1.0  # eval: central crop of this fraction, then resize
   c.data.mean = CIFAR_MEAN
   c.data.std = CIFAR_STD
+  # auto: a pre-trained model (model.pretrained) gets its own checkpoint's mean/std (from its
+  # preprocessor_config.json), written back into the run's config.json | config: data.mean/std
+  c.data.normalization = "auto"
   c.data.augment = ml_collections.ConfigDict()
   c.data.augment.kind = "crop_flip"  # crop_flip | rrc_flip | none
   c.data.augment.pad = 4

@@ -43,14 +43,27 @@ def _decay_mask(params, decay_all: bool):
 
 
 def build(cfg, lr: optax.Schedule) -> optax.GradientTransformation:
-  """The optimizer `cfg.name` with learning-rate schedule `lr` (from `schedule`)."""
+  """The optimizer `cfg.name` with learning-rate schedule `lr` (from `schedule`).
+
+  `cfg.backbone_lr_scale` multiplies the final updates of the parameters under a top-level
+  "backbone" key (pre-trained models): the same as a torch parameter group whose lr (and so
+  its decoupled weight decay step) is scaled.
+  """
   mask = lambda p: _decay_mask(p, cfg.decay_norm_and_bias)  # noqa: E731
   if cfg.name == "sgd":
-    return optax.chain(
+    tx = optax.chain(
         optax.add_decayed_weights(cfg.weight_decay, mask),
         optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
-  if cfg.name == "adamw":
-    return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask)
-  if cfg.name == "adam":
-    return optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
-  raise ValueError(f"unknown optimizer.name {cfg.name!r}; valid: ['adam', 'adamw', 'sgd']")
+  elif cfg.name == "adamw":
+    tx = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask)
+  elif cfg.name == "adam":
+    tx = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
+  else:
+    raise ValueError(f"unknown optimizer.name {cfg.name!r}; valid: ['adam', 'adamw', 'sgd']")
+  if cfg.backbone_lr_scale != 1.0:
+    def backbone(params):
+      return {k: jax.tree.map(lambda _, is_backbone=k == "backbone": is_backbone, v)
+              for k, v in params.items()}
+
+    tx = optax.chain(tx, optax.masked(optax.scale(cfg.backbone_lr_scale), backbone))
+  return tx

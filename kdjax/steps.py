@@ -22,11 +22,30 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
 
 
-def create_train_state(model, tx, image_shape, key) -> TrainState:
+def create_train_state(model, tx, image_shape, key, pretrained=None,
+                       frozen: bool = False) -> TrainState:
+  """Random init, overwritten by `pretrained` variables; `frozen` ones are left out of the state.
+
+  Frozen variables (a linear probe's backbone) are passed to every step as an argument instead
+  (`merge`): never optimised, never checkpointed. Their random init is dead code under jit.
+  """
   variables = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
-  params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  pretrained = pretrained or {}
+  params = {**params, **pretrained.get("params", {})}
+  batch_stats = {**batch_stats, **pretrained.get("batch_stats", {})}
+  if frozen:
+    params = {k: v for k, v in params.items() if k not in pretrained.get("params", {})}
+    batch_stats = {k: v for k, v in batch_stats.items()
+                   if k not in pretrained.get("batch_stats", {})}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params))
+
+
+def merge(frozen, params, batch_stats) -> dict:
+  """Model variables from the frozen constants ({} for most students) and the trained state."""
+  return {"params": {**frozen.get("params", {}), **params},
+          "batch_stats": {**frozen.get("batch_stats", {}), **batch_stats}}
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
@@ -36,20 +55,25 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
 
 
 def make_train_step(model, tx, loss_cfg, num_classes: int) -> Callable:
-  """(state, batch, key) -> (state, metrics) for the cross-entropy ("from scratch") student."""
+  """(state, batch, key, frozen) -> (state, metrics) for the cross-entropy student.
 
-  def loss_fn(params, batch_stats, batch, rng):
+  `frozen`: variables that are inputs, not state (see `create_train_state`); {} for most.
+  """
+
+  def loss_fn(params, batch_stats, frozen, batch, rng):
     (logits, _), new_vars = model.apply(
-        {"params": params, "batch_stats": batch_stats}, batch["image"], train=True,
+        merge(frozen, params, batch_stats), batch["image"], train=True,
         mutable=["batch_stats"], rngs={"dropout": rng})
+    new_stats = {k: v for k, v in new_vars.get("batch_stats", {}).items()
+                 if k not in frozen.get("batch_stats", {})}
     ce = cross_entropy(logits, batch["label"], num_classes, loss_cfg.label_smoothing).mean()
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return ce, (new_vars["batch_stats"], {"loss": ce, "ce": ce, "accuracy": accuracy})
+    return ce, (new_stats, {"loss": ce, "ce": ce, "accuracy": accuracy})
 
-  def train_step(state: TrainState, batch, key):
+  def train_step(state: TrainState, batch, key, frozen):
     rng = jax.random.fold_in(key, state.step)
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, batch, rng)
+        state.params, state.batch_stats, frozen, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.global_norm(grads)

@@ -262,6 +262,12 @@ def preprocessing_from(directory: Path, config: dict) -> Preprocessing:
                        rescale=rescale, mean=mean, std=std)
 
 
+def preprocessing_of(name_or_path: str, revision: str | None = None) -> Preprocessing:
+  """The preprocessing of a Hub id or directory, without reading its weights."""
+  directory = resolve(name_or_path, revision)
+  return preprocessing_from(directory, read_config(directory, name_or_path))
+
+
 # ------------------------------------------------------------------------------------ teacher
 
 
@@ -337,6 +343,8 @@ def load(name_or_path: str, *, dtype="float32", num_classes: int | None = None,
     over its data axis ("fsdp", for teachers too large to replicate); None: default device.
   """
   directory = resolve(name_or_path, revision)
+  if (directory / "checkpoints").is_dir() and (directory / "config.json").is_file():
+    return load_adapted(directory, dtype=dtype, mesh=mesh, param_sharding=param_sharding)
   config = read_config(directory, name_or_path)
   family = family_of(config, name_or_path)
   files = weight_files(directory, name_or_path)
@@ -362,4 +370,44 @@ def load(name_or_path: str, *, dtype="float32", num_classes: int | None = None,
   else:
     variables = jax.device_put(variables)
   return Teacher(name=name_or_path, directory=directory, config=config, module=module,
+                 variables=variables, preprocess=preprocess)
+
+
+def load_adapted(workdir, *, dtype="float32", mesh=None, param_sharding="replicate") -> Teacher:
+  """A teacher adapted to a task by a kdjax run (linear probe or fine-tune; configs/adapt.py).
+
+  The run's config.json names the pre-trained source; its latest checkpoint holds the new head
+  (and, after a fine-tune, the backbone). `out["logits"]` are the task's classes, and
+  `preprocess` resizes and normalises as that run did.
+  """
+  from kdjax import checkpoint, steps
+  from kdjax.models import hub
+
+  workdir = Path(workdir)
+  run = json.loads((workdir / "config.json").read_text())
+  source = run.get("model", {}).get("pretrained")
+  if not source:
+    raise TeacherLoadError(f"{workdir} is a kdjax run of a model trained from scratch "
+                           "(model.pretrained is empty); a teacher run sets model.pretrained")
+  ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), max_to_keep=1_000_000)
+  step = ckpt.latest_step()
+  if step is None:
+    raise TeacherLoadError(f"{workdir} has no finished checkpoint yet: run the adaptation "
+                           f"(python -m kdjax.main --config=... --workdir={workdir}) first")
+  state, _ = ckpt.restore_raw(step)
+  ckpt.close()
+  base = load(source, dtype=dtype, num_classes=0)
+  pretrained = {kind: {"backbone": tree} for kind, tree in base.variables.items()}
+  variables = steps.merge(pretrained, dict(state["params"]), dict(state.get("batch_stats") or {}))
+  variables = jax.tree.map(lambda x: np.asarray(x, np.float32), variables)
+  num_classes = variables["params"]["classifier"]["kernel"].shape[-1]
+  module = hub.HubClassifier(base.module, num_classes, frozen=True, return_dict=True)
+  size = int(run["data"]["image_size"])
+  preprocess = Preprocessing(resize=("square", (size, size)), crop=None,
+                             mean=tuple(run["data"]["mean"]), std=tuple(run["data"]["std"]))
+  if mesh is not None:
+    variables = jax.device_put(variables, shd.param_shardings(variables, mesh, param_sharding))
+  else:
+    variables = jax.device_put(variables)
+  return Teacher(name=str(workdir), directory=workdir, config=base.config, module=module,
                  variables=variables, preprocess=preprocess)

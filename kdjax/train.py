@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from kdjax import checkpoint, models, optim, steps
+from kdjax import checkpoint, models, optim, steps, teachers
 from kdjax import sharding as shd
 from kdjax.data import pipeline
 from kdjax.evaluators import classification
@@ -42,6 +42,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
                jax.devices()[0].platform, jax.process_count())
 
   # ---------------------------------------------------------------- Input
+  if config.model.pretrained and config.data.normalization == "auto":
+    pre = teachers.preprocessing_of(config.model.pretrained)
+    config.data.mean, config.data.std = tuple(pre.mean), tuple(pre.std)
+    logging.info("normalising like %s: mean %s std %s", config.model.pretrained,
+                 config.data.mean, config.data.std)
+  elif config.data.normalization not in ("auto", "config"):
+    raise ValueError(f"unknown data.normalization {config.data.normalization!r}; "
+                     "valid: ['auto', 'config']")
   data = pipeline.build(config.data, mesh, config.seed, config.batch_size,
                         config.eval_batch_size)
   steps_per_epoch = data.train.steps_per_epoch
@@ -51,30 +59,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
                {k: v.num_examples for k, v in data.evals.items()}, data.num_classes)
 
   # ---------------------------------------------------------------- Model and optimizer
-  model = models.build_student(config.model, data.num_classes)
+  model, pretrained = models.build(config.model, data.num_classes)
+  frozen = {}  # variables the step reads but never trains or checkpoints (a probe's backbone)
+  if pretrained is not None:
+    pretrained = jax.device_put(pretrained, shd.param_shardings(
+        pretrained, mesh, config.model.param_sharding if config.model.freeze_backbone
+        else "replicate"))
+    if config.model.freeze_backbone:
+      frozen = pretrained
+  frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
   learning_rate = optim.schedule(config.optimizer, total_steps, steps_per_epoch)
   tx = optim.build(config.optimizer, learning_rate)
 
   # ---------------------------------------------------------------- State, shape first
   image_shape = (config.data.image_size, config.data.image_size, 3)
-  init = functools.partial(steps.create_train_state, model, tx, image_shape)
-  abstract_state = jax.eval_shape(init, init_key)
+  init = functools.partial(steps.create_train_state, model, tx, image_shape,
+                           frozen=config.model.freeze_backbone)
+  abstract_state = jax.eval_shape(init, init_key, pretrained)
   state_sh = jax.tree.map(lambda _: repl, abstract_state)
-  state = jax.jit(init, out_shardings=state_sh)(init_key)
+  state = jax.jit(init, out_shardings=state_sh)(init_key, pretrained)
+  del pretrained  # now inside the state (fine-tune) or in `frozen` (probe)
   num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
-  logging.info("student %s: %s parameters", config.model.name, f"{num_params:,}")
+  num_frozen = sum(x.size for x in jax.tree.leaves(frozen))
+  logging.info("model %s%s: %s trained parameters, %s frozen", config.model.name,
+               f" from {config.model.pretrained}" if config.model.pretrained else "",
+               f"{num_params:,}", f"{num_frozen:,}")
 
   # ---------------------------------------------------------------- Steps
   train_step = jax.jit(
       steps.make_train_step(model, tx, config.loss, data.num_classes),
-      in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+      in_shardings=(state_sh, batch_sh, repl, frozen_sh), out_shardings=(state_sh, repl),
       donate_argnums=0)
 
   def predict(variables, images):
     return model.apply(variables, images, train=False)[0]
 
+  def eval_variables(state):  # the frozen part goes in as an argument, never as a constant
+    return steps.merge(frozen, state.params, state.batch_stats)
+
   eval_step = jax.jit(steps.make_eval_step(predict, data.num_classes),
-                      in_shardings=(repl, batch_sh), out_shardings=repl)
+                      in_shardings=(steps.merge(frozen_sh, state_sh.params,
+                                                state_sh.batch_stats), batch_sh),
+                      out_shardings=repl)
 
   # ---------------------------------------------------------------- Checkpoint and resume
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.max_to_keep)
@@ -98,16 +124,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
       batch["mask"] = jax.ShapeDtypeStruct((size,), np.float32, sharding=batch_sh)
     return batch
 
-  flops_per_step = _flops(train_step, state, abstract_batch(config.batch_size), dropout_key)
-  eval_flops_per_batch = _flops(eval_step, {"params": state.params,
-                                            "batch_stats": state.batch_stats},
+  flops_per_step = _flops(train_step, state, abstract_batch(config.batch_size), dropout_key,
+                          frozen)
+  eval_flops_per_batch = _flops(eval_step, eval_variables(state),
                                 abstract_batch(config.eval_batch_size, with_mask=True))
   logging.info("XLA cost analysis: %.3g FLOPs per train step (global batch %d)",
                flops_per_step, config.batch_size)
 
   # ---------------------------------------------------------------- Evaluation
   def run_evals(step):
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = eval_variables(state)
     out = {}
     for name, ev in data.evals.items():
       for k, v in classification.evaluate(eval_step, variables, ev).items():
@@ -136,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   final_metrics = {}
   for step in range(start_step + 1, total_steps + 1):
     batch = data.train.batch(step - 1, jax.random.fold_in(aug_key, step - 1))
-    state, metrics = train_step(state, batch, dropout_key)
+    state, metrics = train_step(state, batch, dropout_key, frozen)
     pending.append(metrics)
     if step % config.log_every_steps == 0 or step == total_steps:
       means = {f"train/{k}": float(np.mean(v)) for k, v in

@@ -49,3 +49,19 @@ def run_python(code_or_args, env_extra=None, timeout=600):
   args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
   return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_resnet(tmp_path_factory):
+  """A random HF ResNet-18-shaped checkpoint (basic blocks, depths 2-2-2-2, narrow), saved as
+  a Hub checkpoint directory would be: config.json + model.safetensors, 5 ImageNet-like labels."""
+  import torch
+  import transformers
+
+  torch.manual_seed(0)
+  config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32],
+                                     depths=[2, 2, 2, 2], layer_type="basic", num_labels=5)
+  model = transformers.ResNetForImageClassification(config).eval()
+  path = tmp_path_factory.mktemp("tiny_hub_resnet")
+  model.save_pretrained(path)
+  return str(path)

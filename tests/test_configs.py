@@ -28,11 +28,13 @@ def test_parse_arg_types_and_rejects_unknown_keys():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_config_runs_locally(path, tfds_dir, tmp_path):
+def test_config_runs_locally(path, tfds_dir, tmp_path, tiny_hub_resnet):
   module = _load(path)
   assert "python -m kdjax.main --config=configs/" in module.__doc__
   config = module.get_config("runlocal")
   config.data.data_dir = tfds_dir
+  if config.model.pretrained:  # no Hub here: a tiny random checkpoint of the same kind
+    config.model.pretrained = tiny_hub_resnet
   config.total_steps = 2
   config.checkpoint_every_steps = 2
   with tfds.testing.mock_data(num_examples=80):  # catalog datasets; local ones ignore the mock

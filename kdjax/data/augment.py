@@ -5,7 +5,9 @@ augmented batch is the same whatever the number of devices it is sharded over.
 
 Kinds:
 - "crop_flip": zero-pad by `pad` pixels, random `size` x `size` crop, horizontal flip (the CIFAR
-  recipe, torchvision RandomCrop(padding) + RandomHorizontalFlip).
+  recipe, torchvision RandomCrop(padding) + RandomHorizontalFlip). Images larger than `size`
+  (set `data.load_size`) are cropped as they are (paper A: resize 256, random crop 224);
+  smaller ones are first resized up to `size`.
 - "rrc_flip": random-resized-crop (area `scale`, aspect `ratio`, as torchvision
   RandomResizedCrop, without its rejection loop) to `size`, then flip.
 - "none": resize only.
@@ -49,7 +51,8 @@ def augment(images_uint8, key, cfg):
   keys = jax.random.split(key, x.shape[0])
   kind = cfg.augment.kind
   if kind == "crop_flip":
-    x = resize(x, size)
+    if min(x.shape[1:3]) < size:
+      x = resize(x, size)
     x = jax.vmap(lambda im, k: _crop(im, k, size, cfg.augment.pad))(x, keys)
   elif kind == "rrc_flip":
     x = jax.vmap(lambda im, k: _random_resized_crop(

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax.models import cpu_conv
+from kdjax.models import cpu_conv, hub
 from kdjax.models.students import mobilenet_v2, resnet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -30,11 +30,26 @@ STUDENTS = {"resnet18": _resnet18, "resnet34": _resnet34, "mobilenet_v2": _mobil
 
 def build_student(cfg: ml_collections.ConfigDict, num_classes: int):
   """Builds the student named by `cfg.name`; unknown names list the valid ones."""
-  if cfg.name not in STUDENTS:
-    raise ValueError(f"unknown student {cfg.name!r}; valid: {sorted(STUDENTS)}")
+  return build(cfg, num_classes)[0]
+
+
+def build(cfg: ml_collections.ConfigDict, num_classes: int):
+  """(model, pre-trained variables or None) for `cfg`.
+
+  With `cfg.pretrained` (a Hub id or directory) the architecture and weights come from the
+  checkpoint (kdjax/models/hub.py); otherwise the student `cfg.name`, randomly initialised.
+  """
   if cfg.dtype not in DTYPES:
     raise ValueError(f"unknown model dtype {cfg.dtype!r}; valid: {sorted(DTYPES)}")
-  return STUDENTS[cfg.name](num_classes, cfg, DTYPES[cfg.dtype], conv_function(cfg.conv_impl))
+  if cfg.pretrained:
+    return hub.build(cfg, num_classes, DTYPES[cfg.dtype])
+  if cfg.freeze_backbone:
+    raise ValueError("model.freeze_backbone=True needs model.pretrained (a Hub id or directory)")
+  if cfg.name not in STUDENTS:
+    valid = sorted(STUDENTS) + ["hub (with model.pretrained)"]
+    raise ValueError(f"unknown student {cfg.name!r}; valid: {valid}")
+  model = STUDENTS[cfg.name](num_classes, cfg, DTYPES[cfg.dtype], conv_function(cfg.conv_impl))
+  return model, None
 
 
 def conv_function(impl: str):

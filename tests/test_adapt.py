@@ -1,0 +1,80 @@
+"""Starting from a Hub checkpoint: teacher linear probe / fine-tune and pre-trained students.
+
+The checkpoint is a tiny random HF ResNet saved by the test (tests/conftest.py); the probe's
+output must equal an independent computation: frozen features (teachers.load without head)
+times the trained head.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from kdjax import checkpoint, teachers, train
+
+
+def _config(tfds_dir, pretrained, **overrides):
+  return tiny_config(tfds_dir, **{"model.pretrained": pretrained, "model.name": "hub",
+                                  "data.load_size": 16, "data.image_size": 16,
+                                  "optimizer.name": "adamw", "optimizer.learning_rate": 1e-2,
+                                  **overrides})
+
+
+def test_linear_probe_trains_only_the_head_and_becomes_a_teacher(tfds_dir, tiny_hub_resnet,
+                                                                 tmp_path):
+  config = _config(tfds_dir, tiny_hub_resnet, **{"model.freeze_backbone": True})
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert set(result.state.params) == {"classifier"} and not result.state.batch_stats
+  # Only the head is checkpointed: the frozen backbone is rebuilt from its source.
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), 3)
+  saved, _ = ckpt.restore_raw(ckpt.latest_step())
+  ckpt.close()
+  assert set(saved["params"]) == {"classifier"}
+  # The run records the checkpoint's normalisation (no preprocessor file: ImageNet's).
+  run = json.loads((tmp_path / "config.json").read_text())
+  assert run["data"]["mean"] == [0.485, 0.456, 0.406]
+
+  adapted = teachers.load(str(tmp_path))  # the workdir is a teacher now
+  head = result.state.params["classifier"]
+  assert float(jnp.abs(head["kernel"]).max()) > 0  # the probe learned something
+  x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+  features = teachers.load(tiny_hub_resnet, num_classes=0)(x)["features"]
+  expected = features @ head["kernel"] + head["bias"]
+  out = adapted(x)
+  assert out["logits"].shape == (3, 10)  # kdjax_digits has 10 classes
+  np.testing.assert_allclose(out["logits"], expected, atol=1e-5)
+  assert adapted.image_size == (16, 16)
+
+
+def test_fine_tune_scales_the_backbone_learning_rate(tfds_dir, tiny_hub_resnet, tmp_path):
+  source = teachers.load(tiny_hub_resnet, num_classes=0).variables
+  kernel = lambda params: np.asarray(params["stages_1_layers_0"]["layer0"]["conv"]["kernel"])  # noqa: E731
+  frozen = train.train_and_evaluate(
+      _config(tfds_dir, tiny_hub_resnet, **{"optimizer.backbone_lr_scale": 0.0}),
+      str(tmp_path / "scale0")).state
+  np.testing.assert_array_equal(kernel(frozen.params["backbone"]), kernel(source["params"]))
+  assert float(jnp.abs(frozen.params["classifier"]["kernel"]).max()) > 0
+  # BatchNorm statistics still follow the task's data in train mode.
+  assert not np.allclose(frozen.batch_stats["backbone"]["embedder"]["bn"]["mean"],
+                         source["batch_stats"]["embedder"]["bn"]["mean"])
+  tuned = train.train_and_evaluate(_config(tfds_dir, tiny_hub_resnet),
+                                   str(tmp_path / "scale1")).state
+  assert not np.allclose(kernel(tuned.params["backbone"]), kernel(source["params"]))
+
+
+def test_pretrained_student_must_match_its_name(tfds_dir, tiny_hub_resnet, tmp_path):
+  # The tiny checkpoint has ResNet-18's blocks (basic, 2-2-2-2): accepted as resnet18 ...
+  config = _config(tfds_dir, tiny_hub_resnet, **{"model.name": "resnet18", "total_steps": 1})
+  assert int(train.train_and_evaluate(config, str(tmp_path / "ok")).state.step) == 1
+  # ... but it is not a ResNet-34 or a MobileNetV2.
+  for name in ("resnet34", "mobilenet_v2"):
+    with pytest.raises(ValueError, match=f"is not a '{name}'.*'hub'.*\\['resnet18'\\]"):
+      train.train_and_evaluate(_config(tfds_dir, tiny_hub_resnet, **{"model.name": name}),
+                               str(tmp_path / name))
+  with pytest.raises(ValueError, match="freeze_backbone=True needs model.pretrained"):
+    train.train_and_evaluate(_config(tfds_dir, "", **{"model.name": "resnet18",
+                                                      "model.freeze_backbone": True}),
+                             str(tmp_path / "bad"))
