@@ -41,9 +41,13 @@ def main(argv):
 
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
-  from kdjax import train
+  from kdjax import teachers, train
 
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except teachers.TeacherLoadError as e:  # the message names the fix: no traceback needed
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   if jax.process_index() == 0:
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()}
     logging.info("final: %s", shown)

@@ -161,7 +161,9 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 def read_config(directory: Path, name: str) -> dict:
   path = directory / "config.json"
   if not path.is_file():
-    raise TeacherLoadError(f"teacher {name!r}: no config.json in {directory}")
+    raise TeacherLoadError(f"teacher {name!r}: no config.json in {directory}; a teacher "
+                           "directory holds config.json and model.safetensors, as "
+                           "transformers' save_pretrained writes them")
   return json.loads(path.read_text())
 
 

@@ -78,3 +78,14 @@ def test_pretrained_student_must_match_its_name(tfds_dir, tiny_hub_resnet, tmp_p
     train.train_and_evaluate(_config(tfds_dir, "", **{"model.name": "resnet18",
                                                       "model.freeze_backbone": True}),
                              str(tmp_path / "bad"))
+
+
+def test_cli_names_the_fix_for_a_missing_teacher(tmp_path):
+  from conftest import run_python
+
+  proc = run_python(["-m", "kdjax.main", "--config=configs/adapt.py:runlocal",
+                     f"--config.model.pretrained={tmp_path / 'absent'}",
+                     f"--workdir={tmp_path / 'run'}"])
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert f"error: teacher '{tmp_path / 'absent'}': no such directory" in proc.stderr
+  assert "Traceback" not in proc.stderr
