@@ -65,7 +65,12 @@ def build(cfg, num_classes: int, dtype: Any):
         f"model.pretrained={cfg.pretrained!r} (model_type "
         f"{teacher.config.get('model_type')!r}) is not a {cfg.name!r}; set model.name to "
         f"'hub' (architecture from the checkpoint) or to one of {matching}")
-  model = HubClassifier(teacher.module, num_classes, frozen=cfg.freeze_backbone,
+  backbone = teacher.module
+  if getattr(backbone, "bn_momentum", 0.9) < 0.5:
+    # HF's MobileNetV2 passes TF-slim's decay 0.997 as torch's momentum, so its running
+    # statistics would follow the last batch. Trained here, it gets TF-slim's decay.
+    backbone = backbone.clone(bn_momentum=0.997)
+  model = HubClassifier(backbone, num_classes, frozen=cfg.freeze_backbone,
                         dropout_rate=cfg.dropout_rate if cfg.name == "mobilenet_v2" else 0.0)
   pretrained = {kind: {"backbone": tree} for kind, tree in teacher.variables.items()}
   return model, pretrained
