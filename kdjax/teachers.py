@@ -335,7 +335,7 @@ def _check_and_fill(name, variables, abstract, tensors: common.Tensors, new_head
 
 def load(name_or_path: str, *, dtype="float32", num_classes: int | None = None,
          revision: str | None = None, mesh: jax.sharding.Mesh | None = None,
-         param_sharding: str = "replicate") -> Teacher:
+         param_sharding: str = "replicate", conv_impl: str = "auto") -> Teacher:
   """Loads a teacher from a Hub id or a local directory.
 
   dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
@@ -343,6 +343,8 @@ def load(name_or_path: str, *, dtype="float32", num_classes: int | None = None,
     zero-initialised head "classifier" with n classes (e.g. for a linear probe).
   mesh / param_sharding: place the parameters on `mesh` replicated ("replicate") or split
     over its data axis ("fsdp", for teachers too large to replicate); None: default device.
+  conv_impl: convolutions of CNN families, as `model.conv_impl` ("auto": kdjax's CPU
+    convolution on CPU, XLA's elsewhere; kdjax/models/cpu_conv.py).
   """
   directory = resolve(name_or_path, revision)
   if (directory / "checkpoints").is_dir() and (directory / "config.json").is_file():
@@ -358,6 +360,9 @@ def load(name_or_path: str, *, dtype="float32", num_classes: int | None = None,
     arrays = {k: v for k, v in arrays.items() if k not in head_keys}
   module = family.build(config, frozenset(arrays), dtype=DTYPES[str(dtype)] if isinstance(
       dtype, str) else dtype, num_classes=num_classes or None)
+  if hasattr(module, "conv"):
+    from kdjax import models  # late: kdjax.models imports this module's users
+    module = module.clone(conv=models.conv_function(conv_impl))
   tensors = common.Tensors(arrays, getattr(family, "PREFIXES", ()))
   variables = family.convert(tensors, module)
   preprocess = preprocessing_from(directory, config)

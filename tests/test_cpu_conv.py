@@ -44,6 +44,31 @@ def test_forward_and_gradients_match_lax(size, cin, cout, k, s, p):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
+DEPTHWISE_CASES = [  # (H, W, kernel, stride, padding, dilation)
+    (8, 8, 3, 1, [(1, 1), (1, 1)], 1),  # MobileNetV2 stride 1
+    (9, 7, 3, 2, [(1, 1), (1, 1)], 1),  # stride 2, odd and non-square map
+    (9, 8, 3, 2, [(0, 1), (1, 1)], 1),  # TF "SAME": asymmetric padding
+    (8, 8, 3, 1, "SAME", 2),  # dilated (MobileNetV2 output_stride 16)
+    (6, 6, 5, 1, "VALID", 1),
+]
+
+
+@pytest.mark.parametrize("h,w,k,s,padding,d", DEPTHWISE_CASES)
+def test_depthwise_matches_lax(h, w, k, s, padding, d):
+  kx, kw, kg = jax.random.split(jax.random.key(h * 10 + k), 3)
+  c = 6
+  x = jax.random.normal(kx, (2, h, w, c))
+  kernel = jax.random.normal(kw, (k, k, 1, c))
+  args = dict(window_strides=(s, s), padding=padding, rhs_dilation=(d, d),
+              dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+  y_ref, vjp_ref = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, **args), x, kernel)
+  y, vjp = jax.vjp(lambda x, w: cpu_conv.conv_general_dilated(x, w, **args), x, kernel)
+  np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=1e-5)
+  g = jax.random.normal(kg, y_ref.shape)
+  for got, want in zip(vjp(g), vjp_ref(g)):
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_unsupported_convolutions_fall_back_to_lax():
   x = jnp.ones((2, 6, 6, 4))
   w = jnp.ones((3, 3, 2, 4))  # grouped (feature_group_count=2)

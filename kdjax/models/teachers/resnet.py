@@ -6,11 +6,12 @@ The same module is the teacher (frozen, eval-mode batch norm) and, through
 Weights come from the checkpoint's safetensors names (`resnet.` prefix optional).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 from kdjax.models.teachers import common
 
@@ -25,12 +26,13 @@ class ConvBN(nn.Module):
   strides: int = 1
   activation: Any = None
   dtype: Any = jnp.float32
+  conv: Callable = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, train: bool):
     pad = self.kernel // 2  # torch's padding=kernel_size // 2, symmetric
     x = nn.Conv(self.features, (self.kernel,) * 2, (self.strides,) * 2, padding=[(pad, pad)] * 2,
-                use_bias=False, dtype=self.dtype, name="conv")(x)
+                use_bias=False, dtype=self.dtype, conv_general_dilated=self.conv, name="conv")(x)
     # torch BatchNorm2d: eps 1e-5, momentum 0.1 (flax keeps 1 - 0.1 of the old average)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                      name="bn")(x)
@@ -46,21 +48,22 @@ class Layer(nn.Module):
   downsample_in_bottleneck: bool = False
   activation: Any = nn.relu
   dtype: Any = jnp.float32
+  conv: Callable = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, train: bool):
-    act, dt = self.activation, self.dtype
+    act, dt, cv = self.activation, self.dtype, self.conv
     if self.bottleneck:
       reduced = self.features // 4
       s1, s2 = ((self.strides, 1) if self.downsample_in_bottleneck else (1, self.strides))
-      y = ConvBN(reduced, 1, s1, act, dt, name="layer0")(x, train)
-      y = ConvBN(reduced, 3, s2, act, dt, name="layer1")(y, train)
-      y = ConvBN(self.features, 1, 1, None, dt, name="layer2")(y, train)
+      y = ConvBN(reduced, 1, s1, act, dt, cv, name="layer0")(x, train)
+      y = ConvBN(reduced, 3, s2, act, dt, cv, name="layer1")(y, train)
+      y = ConvBN(self.features, 1, 1, None, dt, cv, name="layer2")(y, train)
     else:
-      y = ConvBN(self.features, 3, self.strides, act, dt, name="layer0")(x, train)
-      y = ConvBN(self.features, 3, 1, None, dt, name="layer1")(y, train)
+      y = ConvBN(self.features, 3, self.strides, act, dt, cv, name="layer0")(x, train)
+      y = ConvBN(self.features, 3, 1, None, dt, cv, name="layer1")(y, train)
     if x.shape[-1] != self.features or self.strides != 1:
-      x = ConvBN(self.features, 1, self.strides, None, dt, name="shortcut")(x, train)
+      x = ConvBN(self.features, 1, self.strides, None, dt, cv, name="shortcut")(x, train)
     return act(y + x)
 
 
@@ -74,18 +77,19 @@ class ResNet(nn.Module):
   hidden_act: str = "relu"
   num_classes: int | None = None  # None: no classification head
   dtype: Any = jnp.float32
+  conv: Callable = lax.conv_general_dilated  # kdjax.models.cpu_conv on CPU (teachers.load)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     act = _ACTIVATIONS[self.hidden_act]
     x = x.astype(self.dtype)
-    x = ConvBN(self.embedding_size, 7, 2, act, self.dtype, name="embedder")(x, train)
+    x = ConvBN(self.embedding_size, 7, 2, act, self.dtype, self.conv, name="embedder")(x, train)
     x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1)] * 2)
     for i, (features, depth) in enumerate(zip(self.hidden_sizes, self.depths)):
       first_stride = 2 if (i > 0 or self.downsample_in_first_stage) else 1
       for j in range(depth):
         x = Layer(features, first_stride if j == 0 else 1, self.bottleneck,
-                  self.downsample_in_bottleneck, act, self.dtype,
+                  self.downsample_in_bottleneck, act, self.dtype, self.conv,
                   name=f"stages_{i}_layers_{j}")(x, train)
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # [B, C]
     out = {"last_hidden_state": x.astype(jnp.float32), "pooler_output": pooled,
