@@ -155,10 +155,12 @@ def main():
   print("|---|---|---|---|---|---|---|")
   for r in rows:
     k, t = r["kdjax"], r.get("torch", {})
+    mfu = f"{k['mfu']:.1%}" if "mfu" in k else "-"
+    torch_ips = f"{t['images_per_s']:.1f}" if t else "-"
+    ratio = f"{r['ratio_kdjax_over_torch']:.2f}x" if t else "-"
     print(f"| {r['family']} ({r['checkpoint']}) | {k['images_per_s']:.1f} | "
-          f"{k['flops'] / r['batch'] / 1e9:.2f} | {k['flops_per_s'] / 1e9:.1f} | "
-          f"{k.get('mfu', float('nan')):.1%} | {t.get('images_per_s', float('nan')):.1f} | "
-          f"{r.get('ratio_kdjax_over_torch', float('nan')):.2f}x |")
+          f"{k['flops'] / r['batch'] / 1e9:.2f} | {k['flops_per_s'] / 1e9:.1f} | {mfu} | "
+          f"{torch_ips} | {ratio} |")
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
