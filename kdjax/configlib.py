@@ -69,6 +69,7 @@ def base() -> ml_collections.ConfigDict:
   c.model.freeze_backbone = False  # with pretrained: linear probe (backbone frozen, eval mode)
   # Frozen backbone parameters: replicate | fsdp (split over the devices, for huge teachers).
   c.model.param_sharding = "replicate"
+  c.model.fsdp_min_size = 2**16  # fsdp: arrays with fewer values than this stay replicated
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"  # sgd | adam | adamw

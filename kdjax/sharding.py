@@ -59,13 +59,13 @@ PARAM_SHARDINGS = ("replicate", "fsdp")
 FSDP_MIN_SIZE = 2**16  # arrays smaller than this stay replicated (gathering them costs more)
 
 
-def fsdp_spec(shape: tuple[int, ...], num_devices: int) -> P:
+def fsdp_spec(shape: tuple[int, ...], num_devices: int, min_size: int = FSDP_MIN_SIZE) -> P:
   """Splits the largest dimension divisible by the device count; small arrays stay whole.
 
   Parameters sharded this way are gathered by XLA where a computation needs them whole
   (FSDP / ZeRO-3 style): memory per device falls by the device count for the big matrices.
   """
-  if int(np.prod(shape, dtype=np.int64)) < FSDP_MIN_SIZE:
+  if int(np.prod(shape, dtype=np.int64)) < min_size:
     return P()
   for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
     if shape[axis] % num_devices == 0:
@@ -73,11 +73,11 @@ def fsdp_spec(shape: tuple[int, ...], num_devices: int) -> P:
   return P()
 
 
-def param_shardings(tree, mesh: Mesh, mode: str = "replicate"):
+def param_shardings(tree, mesh: Mesh, mode: str = "replicate", min_size: int = FSDP_MIN_SIZE):
   """NamedShardings for a parameter tree: replicated, or split over the data axis ("fsdp")."""
   if mode == "replicate":
     return jax.tree.map(lambda _: replicated(mesh), tree)
   if mode == "fsdp":
     n = mesh.devices.size
-    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), n)), tree)
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), n, min_size)), tree)
   raise ValueError(f"unknown parameter sharding {mode!r}; valid: {list(PARAM_SHARDINGS)}")

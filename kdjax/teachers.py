@@ -335,20 +335,23 @@ def _check_and_fill(name, variables, abstract, tensors: common.Tensors, new_head
 
 def load(name_or_path: str, *, dtype="float32", num_classes: int | None = None,
          revision: str | None = None, mesh: jax.sharding.Mesh | None = None,
-         param_sharding: str = "replicate", conv_impl: str = "auto") -> Teacher:
+         param_sharding: str = "replicate", fsdp_min_size: int = shd.FSDP_MIN_SIZE,
+         conv_impl: str = "auto") -> Teacher:
   """Loads a teacher from a Hub id or a local directory.
 
   dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
   num_classes: None keeps the checkpoint's head (if any); 0 drops it; n > 0 adds a new,
     zero-initialised head "classifier" with n classes (e.g. for a linear probe).
   mesh / param_sharding: place the parameters on `mesh` replicated ("replicate") or split
-    over its data axis ("fsdp", for teachers too large to replicate); None: default device.
+    over its data axis ("fsdp", for teachers too large to replicate; arrays smaller than
+    `fsdp_min_size` values stay replicated); None: default device.
   conv_impl: convolutions of CNN families, as `model.conv_impl` ("auto": kdjax's CPU
     convolution on CPU, XLA's elsewhere; kdjax/models/cpu_conv.py).
   """
   directory = resolve(name_or_path, revision)
   if (directory / "checkpoints").is_dir() and (directory / "config.json").is_file():
-    return load_adapted(directory, dtype=dtype, mesh=mesh, param_sharding=param_sharding)
+    return load_adapted(directory, dtype=dtype, mesh=mesh, param_sharding=param_sharding,
+                        fsdp_min_size=fsdp_min_size)
   config = read_config(directory, name_or_path)
   family = family_of(config, name_or_path)
   files = weight_files(directory, name_or_path)
@@ -373,14 +376,16 @@ def load(name_or_path: str, *, dtype="float32", num_classes: int | None = None,
   variables = _check_and_fill(name_or_path, variables, abstract, tensors,
                               new_head=bool(num_classes))
   if mesh is not None:
-    variables = jax.device_put(variables, shd.param_shardings(variables, mesh, param_sharding))
+    variables = jax.device_put(variables, shd.param_shardings(variables, mesh, param_sharding,
+                                                              fsdp_min_size))
   else:
     variables = jax.device_put(variables)
   return Teacher(name=name_or_path, directory=directory, config=config, module=module,
                  variables=variables, preprocess=preprocess)
 
 
-def load_adapted(workdir, *, dtype="float32", mesh=None, param_sharding="replicate") -> Teacher:
+def load_adapted(workdir, *, dtype="float32", mesh=None, param_sharding="replicate",
+                 fsdp_min_size: int = shd.FSDP_MIN_SIZE) -> Teacher:
   """A teacher adapted to a task by a kdjax run (linear probe or fine-tune; configs/adapt.py).
 
   The run's config.json names the pre-trained source; its latest checkpoint holds the new head
@@ -413,7 +418,8 @@ def load_adapted(workdir, *, dtype="float32", mesh=None, param_sharding="replica
   preprocess = Preprocessing(resize=("square", (size, size)), crop=None,
                              mean=tuple(run["data"]["mean"]), std=tuple(run["data"]["std"]))
   if mesh is not None:
-    variables = jax.device_put(variables, shd.param_shardings(variables, mesh, param_sharding))
+    variables = jax.device_put(variables, shd.param_shardings(variables, mesh, param_sharding,
+                                                              fsdp_min_size))
   else:
     variables = jax.device_put(variables)
   return Teacher(name=str(workdir), directory=workdir, config=base.config, module=module,

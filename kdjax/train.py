@@ -64,7 +64,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   if pretrained is not None:
     pretrained = jax.device_put(pretrained, shd.param_shardings(
         pretrained, mesh, config.model.param_sharding if config.model.freeze_backbone
-        else "replicate"))
+        else "replicate", config.model.fsdp_min_size))
     if config.model.freeze_backbone:
       frozen = pretrained
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)

@@ -62,6 +62,6 @@ def test_forward_is_deterministic_in_eval_and_batchnorm_updates_in_train():
 
 def test_unknown_student_lists_valid_names():
   cfg = ml_collections.ConfigDict({"name": "resnet19", "dtype": "float32", "pretrained": "",
-                                   "freeze_backbone": False})
+                                   "freeze_backbone": False, "param_sharding": "replicate"})
   with pytest.raises(ValueError, match="resnet18"):
     models.build_student(cfg, 10)

@@ -174,12 +174,12 @@ def test_fsdp_sharded_teacher_equals_replicated(saved_resnets):
   script = f"""
 import jax, jax.numpy as jnp, numpy as np
 from kdjax import teachers, sharding
-sharding.FSDP_MIN_SIZE = 512  # the tiny test model's big kernels are a few thousand values
 mesh = sharding.make_mesh()
 assert mesh.devices.size == 8
 x = jnp.asarray(np.random.RandomState(0).randn(8, 32, 32, 3), jnp.float32)
 rep = teachers.load({path!r}, mesh=mesh)
-fsdp = teachers.load({path!r}, mesh=mesh, param_sharding="fsdp")
+# fsdp_min_size: the tiny test model's big kernels hold a few thousand values
+fsdp = teachers.load({path!r}, mesh=mesh, param_sharding="fsdp", fsdp_min_size=512)
 split = [l for l in jax.tree.leaves(fsdp.variables) if not l.sharding.is_fully_replicated]
 kernel = fsdp.variables["params"]["stages_3_layers_0"]["layer2"]["conv"]["kernel"]
 print("SPLIT", len(split), kernel.addressable_shards[0].data.shape == (1, 1, 8, 32))

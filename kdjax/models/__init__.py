@@ -41,6 +41,9 @@ def build(cfg: ml_collections.ConfigDict, num_classes: int):
   """
   if cfg.dtype not in DTYPES:
     raise ValueError(f"unknown model dtype {cfg.dtype!r}; valid: {sorted(DTYPES)}")
+  if cfg.param_sharding != "replicate" and not cfg.freeze_backbone:
+    raise ValueError(f"model.param_sharding={cfg.param_sharding!r} applies to a frozen "
+                     "backbone (model.freeze_backbone=True); trained parameters are replicated")
   if cfg.pretrained:
     return hub.build(cfg, num_classes, DTYPES[cfg.dtype])
   if cfg.freeze_backbone:
