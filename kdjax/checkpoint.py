@@ -9,6 +9,7 @@ directory and renames it when complete, so a half-written checkpoint never becom
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -37,11 +38,21 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
-  def restore_raw(self, step: int):
-    """(state as saved: nested dicts of arrays, meta) without a target, e.g. for inspection."""
-    restored = self._mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+  def saved_structure(self, step: int):
+    """The saved state's tree of array metadata (shapes, dtypes), without reading arrays."""
+    return ocp.PyTreeCheckpointer().metadata(
+        os.path.join(self.directory, str(step), "state")).item_metadata
+
+  def restore_numpy(self, step: int, keys=("params", "batch_stats")) -> dict:
+    """Those parts of the saved state as host numpy arrays, whatever device topology wrote
+    them (e.g. a probe trained on 8 GPUs, loaded as a teacher on a CPU); nothing else is read."""
+    tree = self.saved_structure(step)
+    wanted = {k: tree[k] for k in keys}
+    item = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), wanted)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+    return ocp.PyTreeCheckpointer().restore(
+        os.path.join(self.directory, str(step), "state"),
+        args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
 
   def close(self) -> None:
     self._mgr.wait_until_finished()

@@ -41,6 +41,15 @@ def global_from_host(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
+def put_global(tree, shardings):
+  """Host (numpy) arrays held in full by every process -> global arrays with `shardings`.
+
+  Unlike `jax.device_put` of host data onto a multi-process sharding, nothing is compared
+  across processes, and no device ever holds more than its shard.
+  """
+  return jax.tree.map(global_from_host, tree, shardings)
+
+
 def global_from_process_local(x: np.ndarray, mesh: Mesh) -> jax.Array:
   """A batch-sharded global array from this process's slice of the global batch."""
   x = np.asarray(x)

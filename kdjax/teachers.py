@@ -47,8 +47,9 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 UNSAFE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth",
                 "model.ckpt")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-HUB_FILES = ["config.json", "preprocessor_config.json", "*.safetensors",
-             SAFETENSORS_INDEX]
+# Only what a teacher needs: not the repo's other weight variants (fp16 copies, open_clip, ...).
+HUB_FILES = ["config.json", "preprocessor_config.json", SAFETENSORS_NAME, SAFETENSORS_INDEX,
+             "model-*-of-*.safetensors"]
 
 
 class TeacherLoadError(ValueError):
@@ -97,8 +98,33 @@ def resolve(name_or_path: str, revision: str | None = None) -> Path:
         "directory") from e
 
 
-def weight_files(directory: Path, name: str) -> list[Path]:
+def _is_hub_id(name_or_path: str) -> bool:
+  return not Path(os.path.expanduser(name_or_path)).is_dir()
+
+
+def _convert_hint(source: str, config: dict) -> str:
+  arch = (config.get("architectures") or ["AutoModel"])[0]
+  return ("python -c \"import transformers; transformers."
+          f"{arch}.from_pretrained('{source}').save_pretrained('OUT_DIR', "
+          "safe_serialization=True)\" and pass OUT_DIR (copy preprocessor_config.json too)")
+
+
+def _hub_pickles(repo_id: str, revision: str | None) -> list[str]:
+  """The pickle weight files of a Hub repo (empty when offline or unreachable)."""
+  if _offline():
+    return []
+  import huggingface_hub
+  try:
+    files = huggingface_hub.list_repo_files(repo_id, revision=revision)
+  except Exception:  # noqa: BLE001  (any network or Hub error: we only wanted a better message)
+    return []
+  return [f for f in files if f.split("/")[-1] in UNSAFE_NAMES]
+
+
+def weight_files(directory: Path, name: str, config: dict | None = None,
+                 revision: str | None = None) -> list[Path]:
   """The safetensors files of a checkpoint directory; refuses pickles, names the fix."""
+  config = config or {}
   index = directory / SAFETENSORS_INDEX
   if index.is_file():
     shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -117,9 +143,18 @@ def weight_files(directory: Path, name: str) -> list[Path]:
     raise TeacherLoadError(
         f"teacher {name!r}: refusing to load the pickle checkpoint {directory / unsafe[0]} "
         "(unpickling can run arbitrary code). Convert it once, where you trust the file: "
-        "python -c \"from transformers import AutoModel; AutoModel.from_pretrained("
-        f"'{directory}').save_pretrained('OUT_DIR', safe_serialization=True)\" and pass "
-        "OUT_DIR (copy preprocessor_config.json too)")
+        + _convert_hint(str(directory), config))
+  if _is_hub_id(name):
+    pickles = _hub_pickles(name, revision)
+    if pickles:
+      raise TeacherLoadError(
+          f"teacher {name!r}: the Hub repo has only pickle weights ({pickles[0]}); kdjax "
+          "refuses them (unpickling can run arbitrary code). Convert it once, where you trust "
+          "it: " + _convert_hint(name, config))
+    raise TeacherLoadError(
+        f"teacher {name!r}: its snapshot {directory} has no {SAFETENSORS_NAME} or "
+        f"{SAFETENSORS_INDEX} (a partial download, or a repo without safetensors): run "
+        f"{_download_hint(name)}, or pass a local directory")
   raise TeacherLoadError(f"teacher {name!r}: no {SAFETENSORS_NAME} or {SAFETENSORS_INDEX} in "
                          f"{directory}")
 
@@ -184,6 +219,7 @@ class Preprocessing:
 
   resize: tuple[str, Any] | None = ("square", (224, 224))  # (square, (h, w)) | (shortest_edge, s)
   crop: tuple[int, int] | None = None
+  central_fraction: float = 1.0  # first keep this central fraction (a kdjax eval view)
   resample: str = "linear"  # jax.image.resize method
   rescale: float = 1 / 255
   mean: tuple[float, ...] = (0.485, 0.456, 0.406)
@@ -201,6 +237,10 @@ class Preprocessing:
     """uint8 (or 0-255 float) [B, H, W, 3] -> normalised float32 at the model's input size."""
     x = jnp.asarray(images, jnp.float32)
     _, h, w, c = x.shape
+    if self.central_fraction < 1.0:  # as kdjax.data.augment.preprocess_eval
+      ch, cw = int(round(h * self.central_fraction)), int(round(w * self.central_fraction))
+      x = x[:, (h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
+      h, w = ch, cw
     if self.resize is not None:
       kind, size = self.resize
       if kind == "square":
@@ -246,11 +286,14 @@ def preprocessing_from(directory: Path, config: dict) -> Preprocessing:
   kind = pp.get("image_processor_type") or pp.get("feature_extractor_type") or ""
   resize = _size(pp.get("size", default_size), kind) if pp.get("do_resize", True) else None
   crop = None
-  if "crop_pct" in pp and resize is not None and resize[0] == "shortest_edge":
-    # ConvNext-style: below 384 px resize the short side to size / crop_pct, crop size x size.
+  if kind.startswith("ConvNext") and resize is not None and resize[0] == "shortest_edge":
+    # ConvNext processors (microsoft/resnet-*): below 384 px resize the short side to
+    # size / crop_pct (default 224 / 256), crop size x size; from 384 px warp to a square.
+    # Other processors ignore a crop_pct key (some Hub configs carry a stale one).
     size = resize[1]
     if size < 384:
-      resize, crop = ("shortest_edge", int(size / pp["crop_pct"])), (size, size)
+      crop_pct = pp.get("crop_pct") or 224 / 256
+      resize, crop = ("shortest_edge", int(size / crop_pct)), (size, size)
     else:
       resize = ("square", (size, size))
   elif pp.get("do_center_crop", False) and pp.get("crop_size") is not None:
@@ -336,7 +379,7 @@ def _check_and_fill(name, variables, abstract, tensors: common.Tensors, new_head
 def load(name_or_path: str, *, dtype="float32", num_classes: int | None = None,
          revision: str | None = None, mesh: jax.sharding.Mesh | None = None,
          param_sharding: str = "replicate", fsdp_min_size: int = shd.FSDP_MIN_SIZE,
-         conv_impl: str = "auto") -> Teacher:
+         conv_impl: str = "auto", on_host: bool = False) -> Teacher:
   """Loads a teacher from a Hub id or a local directory.
 
   dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
@@ -347,14 +390,22 @@ def load(name_or_path: str, *, dtype="float32", num_classes: int | None = None,
     `fsdp_min_size` values stay replicated); None: default device.
   conv_impl: convolutions of CNN families, as `model.conv_impl` ("auto": kdjax's CPU
     convolution on CPU, XLA's elsewhere; kdjax/models/cpu_conv.py).
+  on_host: keep the variables as numpy arrays, for a caller that places them itself (the
+    trainer: each device then only ever receives its shard).
+  A kdjax run directory that adapted a teacher (configs/adapt.py) loads as that teacher.
+  On GPU, XLA computes float32 matmuls in TF32 by default; for float32 exactly as torch's,
+  set JAX_DEFAULT_MATMUL_PRECISION=highest.
   """
   directory = resolve(name_or_path, revision)
   if (directory / "checkpoints").is_dir() and (directory / "config.json").is_file():
+    if num_classes is not None:
+      raise TeacherLoadError(f"{directory} is an adapted teacher: its head is the task's; "
+                             "num_classes cannot change it")
     return load_adapted(directory, dtype=dtype, mesh=mesh, param_sharding=param_sharding,
-                        fsdp_min_size=fsdp_min_size)
+                        fsdp_min_size=fsdp_min_size, conv_impl=conv_impl, on_host=on_host)
   config = read_config(directory, name_or_path)
   family = family_of(config, name_or_path)
-  files = weight_files(directory, name_or_path)
+  files = weight_files(directory, name_or_path, config, revision)
   arrays = {}
   for f in files:
     arrays.update(read_safetensors(f))
@@ -375,52 +426,73 @@ def load(name_or_path: str, *, dtype="float32", num_classes: int | None = None,
                             jnp.zeros((1, *size, 3), jnp.float32))
   variables = _check_and_fill(name_or_path, variables, abstract, tensors,
                               new_head=bool(num_classes))
-  if mesh is not None:
-    variables = jax.device_put(variables, shd.param_shardings(variables, mesh, param_sharding,
-                                                              fsdp_min_size))
-  else:
-    variables = jax.device_put(variables)
+  variables = _place(variables, mesh, param_sharding, fsdp_min_size, on_host)
   return Teacher(name=name_or_path, directory=directory, config=config, module=module,
                  variables=variables, preprocess=preprocess)
 
 
+def _place(variables, mesh, param_sharding, fsdp_min_size, on_host):
+  variables = jax.tree.map(lambda x: np.ascontiguousarray(x, np.float32), variables)
+  if on_host:
+    return variables
+  if mesh is None:
+    return jax.device_put(variables)
+  return shd.put_global(variables, shd.param_shardings(variables, mesh, param_sharding,
+                                                       fsdp_min_size))
+
+
+def source_record(name_or_path: str, revision: str | None = None) -> dict:
+  """Where a pre-trained model came from, precisely enough to load the same weights later: a
+  Hub id with the snapshot's commit, or a local directory's absolute path."""
+  directory = resolve(name_or_path, revision)
+  if _is_hub_id(name_or_path):
+    commit = directory.name if directory.parent.name == "snapshots" else revision
+    return {"source": name_or_path, "hub": True, "revision": commit}
+  return {"source": str(directory.resolve()), "hub": False, "revision": None}
+
+
 def load_adapted(workdir, *, dtype="float32", mesh=None, param_sharding="replicate",
-                 fsdp_min_size: int = shd.FSDP_MIN_SIZE) -> Teacher:
+                 fsdp_min_size: int = shd.FSDP_MIN_SIZE, conv_impl: str = "auto",
+                 on_host: bool = False) -> Teacher:
   """A teacher adapted to a task by a kdjax run (linear probe or fine-tune; configs/adapt.py).
 
-  The run's config.json names the pre-trained source; its latest checkpoint holds the new head
-  (and, after a fine-tune, the backbone). `out["logits"]` are the task's classes, and
-  `preprocess` resizes and normalises as that run did.
+  The run recorded its pre-trained source (pretrained.json: the Hub commit or the absolute
+  directory), so the head meets the exact backbone it was trained on. Its latest checkpoint
+  holds the new head (and, after a fine-tune, the backbone), read as host arrays whatever
+  devices wrote it. `out["logits"]` are the task's classes; `preprocess` gives the run's eval
+  view (central crop, resize, the run's normalisation).
   """
   from kdjax import checkpoint, steps
   from kdjax.models import hub
 
   workdir = Path(workdir)
   run = json.loads((workdir / "config.json").read_text())
-  source = run.get("model", {}).get("pretrained")
-  if not source:
+  record_path = workdir / "pretrained.json"
+  if record_path.is_file():
+    record = json.loads(record_path.read_text())
+  else:
+    record = {"source": run.get("model", {}).get("pretrained"), "revision": None}
+  if not record["source"]:
     raise TeacherLoadError(f"{workdir} is a kdjax run of a model trained from scratch "
                            "(model.pretrained is empty); a teacher run sets model.pretrained")
   ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), max_to_keep=1_000_000)
   step = ckpt.latest_step()
   if step is None:
+    ckpt.close()
     raise TeacherLoadError(f"{workdir} has no finished checkpoint yet: run the adaptation "
                            f"(python -m kdjax.main --config=... --workdir={workdir}) first")
-  state, _ = ckpt.restore_raw(step)
+  state = ckpt.restore_numpy(step)
   ckpt.close()
-  base = load(source, dtype=dtype, num_classes=0)
+  base = load(record["source"], dtype=dtype, num_classes=0, revision=record.get("revision"),
+              conv_impl=conv_impl, on_host=True)
   pretrained = {kind: {"backbone": tree} for kind, tree in base.variables.items()}
-  variables = steps.merge(pretrained, dict(state["params"]), dict(state.get("batch_stats") or {}))
-  variables = jax.tree.map(lambda x: np.asarray(x, np.float32), variables)
+  variables = steps.merge(pretrained, dict(state["params"]), dict(state["batch_stats"] or {}))
   num_classes = variables["params"]["classifier"]["kernel"].shape[-1]
   module = hub.HubClassifier(base.module, num_classes, frozen=True, return_dict=True)
   size = int(run["data"]["image_size"])
   preprocess = Preprocessing(resize=("square", (size, size)), crop=None,
+                             central_fraction=float(run["data"].get("eval_crop_fraction", 1.0)),
                              mean=tuple(run["data"]["mean"]), std=tuple(run["data"]["std"]))
-  if mesh is not None:
-    variables = jax.device_put(variables, shd.param_shardings(variables, mesh, param_sharding,
-                                                              fsdp_min_size))
-  else:
-    variables = jax.device_put(variables)
+  variables = _place(variables, mesh, param_sharding, fsdp_min_size, on_host)
   return Teacher(name=str(workdir), directory=workdir, config=base.config, module=module,
                  variables=variables, preprocess=preprocess)

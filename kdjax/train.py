@@ -62,7 +62,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   model, pretrained = models.build(config.model, data.num_classes)
   frozen = {}  # variables the step reads but never trains or checkpoints (a probe's backbone)
   if pretrained is not None:
-    pretrained = jax.device_put(pretrained, shd.param_shardings(
+    pretrained = shd.put_global(pretrained, shd.param_shardings(
         pretrained, mesh, config.model.param_sharding if config.model.freeze_backbone
         else "replicate", config.model.fsdp_min_size))
     if config.model.freeze_backbone:
@@ -115,6 +115,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+    if config.model.pretrained:  # the exact weights (Hub commit / absolute path) it started from
+      with open(os.path.join(workdir, "pretrained.json"), "w") as f:
+        json.dump(teachers.source_record(config.model.pretrained), f, indent=2)
 
   # ---------------------------------------------------------------- Cost (XLA's count)
   def abstract_batch(size, with_mask=False):

@@ -6,6 +6,7 @@ times the trained head.
 """
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +31,12 @@ def test_linear_probe_trains_only_the_head_and_becomes_a_teacher(tfds_dir, tiny_
   assert set(result.state.params) == {"classifier"} and not result.state.batch_stats
   # Only the head is checkpointed: the frozen backbone is rebuilt from its source.
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), 3)
-  saved, _ = ckpt.restore_raw(ckpt.latest_step())
+  saved = ckpt.saved_structure(ckpt.latest_step())
   ckpt.close()
-  assert set(saved["params"]) == {"classifier"}
+  assert set(saved["params"]) == {"classifier"} and not saved["batch_stats"]
+  # The exact source is recorded, so the head meets the backbone it was trained on.
+  record = json.loads((tmp_path / "pretrained.json").read_text())
+  assert record == {"source": tiny_hub_resnet, "hub": False, "revision": None}
   # The run records the checkpoint's normalisation (no preprocessor file: ImageNet's).
   run = json.loads((tmp_path / "config.json").read_text())
   assert run["data"]["mean"] == [0.485, 0.456, 0.406]
@@ -114,3 +118,22 @@ def test_fsdp_frozen_backbone_trains_like_a_replicated_one(tfds_dir, tiny_hub_re
   assert heads["fsdp"].keys() == heads["replicate"].keys()
   for key in heads["fsdp"]:
     np.testing.assert_allclose(heads["fsdp"][key], heads["replicate"][key], atol=1e-6)
+  # Written by 8 devices, read here on 1: an adapted teacher moves between machines.
+  teacher = teachers.load(str(tmp_path / "fsdp"))
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  features = teachers.load(tiny_hub_resnet, num_classes=0)(x)["features"]
+  kernel, bias = (heads["fsdp"][f"['params']['classifier']['{k}']"] for k in ("kernel", "bias"))
+  np.testing.assert_allclose(teacher(x)["logits"], features @ kernel + bias, atol=1e-5)
+
+
+def test_probe_resumes_exactly(tfds_dir, tiny_hub_resnet, tmp_path):
+  """Frozen backbone outside the state: a resumed probe ends where an uninterrupted one does."""
+  config = _config(tfds_dir, tiny_hub_resnet, **{"model.freeze_backbone": True,
+                                                  "checkpoint_every_steps": 2})
+  whole = train.train_and_evaluate(config, str(tmp_path / "whole")).state
+  train.train_and_evaluate(config, str(tmp_path / "cut"))
+  shutil.rmtree(tmp_path / "cut" / "checkpoints" / "4")  # as if killed after step 2's save
+  resumed = train.train_and_evaluate(config, str(tmp_path / "cut")).state
+  assert int(resumed.step) == 4
+  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)

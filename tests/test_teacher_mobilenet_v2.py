@@ -285,10 +285,13 @@ def test_new_head(cases, name):
 
 @pytest.mark.skipif(importlib.util.find_spec("kdjax.teachers") is None,
                     reason="kdjax.teachers not written yet")
-def test_public_loader(cases):
+@pytest.mark.parametrize("name", ["symmetric_head", "tf_padding"])
+def test_public_loader(cases, name):
+  """Through teachers.load, i.e. with kdjax's CPU convolutions (depthwise as shifted sums) and
+  TF "SAME" padding as Hub checkpoints use it."""
   from kdjax import teachers
 
-  case = cases("symmetric_head")  # ForImageClassification: "mobilenet_v2." + "classifier."
+  case = cases(name)  # symmetric_head: ForImageClassification, "mobilenet_v2." + "classifier."
   teacher = teachers.load(str(case.path))
   x = _inputs(ODD)
   want = case.torch_outputs(x)

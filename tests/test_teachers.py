@@ -123,7 +123,7 @@ def test_pickle_checkpoint_is_refused(tmp_path):
   model.save_pretrained(tmp_path, safe_serialization=False)
   assert (tmp_path / "pytorch_model.bin").is_file()
   with pytest.raises(teachers.TeacherLoadError, match="refusing to load the pickle.*"
-                     "safe_serialization=True"):
+                     "transformers.ResNetModel.from_pretrained.*safe_serialization=True"):
     teachers.load(str(tmp_path))
 
 
@@ -162,6 +162,15 @@ def test_hub_ids_resolve_through_the_hf_cache_offline(saved_resnets, tmp_path):
             "except teachers.TeacherLoadError as e:\n  print('ERROR', e)\n")
   hit = run_python(["-c", script, "kdjax-test/tiny-resnet"], env_extra=env)
   assert f"LOADED {repo / 'snapshots' / commit}" in hit.stdout, hit.stderr[-2000:]
+  # A partial snapshot (config only, no weights) says so and how to complete it.
+  partial = tmp_path / "hub" / "models--kdjax-test--partial"
+  (partial / "snapshots" / commit).mkdir(parents=True)
+  shutil.copy(repo / "snapshots" / commit / "config.json", partial / "snapshots" / commit)
+  (partial / "refs").mkdir()
+  (partial / "refs" / "main").write_text(commit)
+  half = run_python(["-c", script, "kdjax-test/partial"], env_extra=env)
+  assert "has no model.safetensors" in half.stdout and "hf download kdjax-test/partial" in (
+      half.stdout), half.stdout + half.stderr[-2000:]
   miss = run_python(["-c", script, "kdjax-test/absent"], env_extra=env)
   assert "ERROR teacher 'kdjax-test/absent' is not in the HF cache" in miss.stdout, miss.stderr
   assert str(tmp_path / "hub") in miss.stdout and "HF_HUB_OFFLINE=1" in miss.stdout
@@ -181,8 +190,8 @@ rep = teachers.load({path!r}, mesh=mesh)
 # fsdp_min_size: the tiny test model's big kernels hold a few thousand values
 fsdp = teachers.load({path!r}, mesh=mesh, param_sharding="fsdp", fsdp_min_size=512)
 split = [l for l in jax.tree.leaves(fsdp.variables) if not l.sharding.is_fully_replicated]
-kernel = fsdp.variables["params"]["stages_3_layers_0"]["layer2"]["conv"]["kernel"]
-print("SPLIT", len(split), kernel.addressable_shards[0].data.shape == (1, 1, 8, 32))
+big = max(jax.tree.leaves(fsdp.variables), key=lambda l: l.size)  # 3x3x24x24 or so
+print("SPLIT", len(split), big.addressable_shards[0].data.size * 8 == big.size)
 diff = np.abs(np.asarray(rep(x)["logits"]) - np.asarray(fsdp(x)["logits"])).max()
 print("DIFF", diff)
 """
@@ -218,3 +227,20 @@ def test_preprocess_follows_the_checkpoints_preprocessor_config(processor, tmp_p
   assert out.shape == ref.shape == (2, 224, 224, 3)
   level = 1 / 255 / np.asarray(hf.image_std).min()
   assert np.abs(out - ref).max() <= 3 * level and np.abs(out - ref).mean() <= 0.005
+
+
+def test_preprocess_crop_pct_only_for_convnext_processors(tmp_path):
+  """A stale crop_pct in a MobileNetV2 config is ignored (as HF does); a ConvNext config
+  without one uses HF's default 224 / 256."""
+  base = {"do_resize": True, "size": {"shortest_edge": 256}, "do_center_crop": True,
+          "crop_size": {"height": 224, "width": 224}, "image_mean": [0.5] * 3,
+          "image_std": [0.5] * 3}
+  stale = dict(base, image_processor_type="MobileNetV2ImageProcessor", crop_pct=0.875)
+  (tmp_path / "preprocessor_config.json").write_text(json.dumps(stale))
+  pre = teachers.preprocessing_from(tmp_path, {})
+  assert pre.resize == ("shortest_edge", 256) and pre.crop == (224, 224)
+  convnext = {"image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": 224}}
+  (tmp_path / "preprocessor_config.json").write_text(json.dumps(convnext))
+  pre = teachers.preprocessing_from(tmp_path, {})
+  assert pre.resize == ("shortest_edge", 256) and pre.crop == (224, 224)
+  assert pre(np.zeros((1, 300, 400, 3), np.uint8)).shape == (1, 224, 224, 3)

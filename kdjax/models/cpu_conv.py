@@ -145,7 +145,8 @@ def depthwise(x, w, strides, padding, dilation):
 
 
 def _is_nhwc(lhs, rhs, dimension_numbers):
-  return dimension_numbers is None or (
+  # None means NCHW/OIHW to lax: never rerouted (flax always passes its NHWC layout).
+  return dimension_numbers is not None and (
       lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
       == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
 

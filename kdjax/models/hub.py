@@ -54,10 +54,12 @@ class HubClassifier(nn.Module):
 
 
 def build(cfg, num_classes: int, dtype: Any):
-  """(HubClassifier, pre-trained variables {"params": {"backbone": ...}, ...}) for cfg."""
+  """(HubClassifier, pre-trained variables {"params": {"backbone": ...}, ...} as host numpy
+  arrays) for cfg; the trainer places them on its mesh."""
   from kdjax import teachers  # late: teachers imports jax-heavy family modules
 
-  teacher = teachers.load(cfg.pretrained, dtype=dtype, num_classes=0)
+  teacher = teachers.load(cfg.pretrained, dtype=dtype, num_classes=0, conv_impl=cfg.conv_impl,
+                          on_host=True)
   if cfg.name != "hub" and not ARCHITECTURE_CHECKS.get(cfg.name, lambda c: False)(
       teacher.config):
     matching = sorted(k for k, check in ARCHITECTURE_CHECKS.items() if check(teacher.config))
