@@ -19,7 +19,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from kdjax import runtime  # noqa: E402
@@ -28,6 +27,7 @@ runtime.configure(fast_cpu_convolutions=True)  # before JAX starts, as kdjax.mai
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from benchmark_student_step import _median_time  # noqa: E402  (this folder is on sys.path)
 
 ARCHITECTURES = {  # name -> (HF class, config.json of the Hub checkpoint, input size)
     "resnet50": ("ResNetForImageClassification", "microsoft/resnet-50", dict(
@@ -49,15 +49,6 @@ PEAK_FLOPS = {  # dense bf16 peak per device, from the vendors' data sheets
     "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
     "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12,
 }
-
-
-def _median(fn, steps):
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return sorted(times)[len(times) // 2]
 
 
 def save_random(name, directory):
@@ -88,7 +79,7 @@ def bench_kdjax(path, batch, size, dtype, steps, warmup):
   run = lambda: jax.block_until_ready(forward(teacher.variables, x))  # noqa: E731
   for _ in range(warmup):
     run()
-  seconds = _median(run, steps)
+  seconds = _median_time(run, steps)
   return {"seconds": seconds, "images_per_s": batch / seconds, "flops": flops,
           "flops_per_s": flops / seconds}
 
@@ -111,7 +102,7 @@ def bench_torch(model, batch, size, dtype, steps, warmup):
 
   for _ in range(warmup):
     run()
-  seconds = _median(run, steps)
+  seconds = _median_time(run, steps)
   return {"seconds": seconds, "images_per_s": batch / seconds}
 
 
