@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -12,6 +13,16 @@ sys.path.insert(0, REPO)
 from kdjax import runtime  # noqa: E402  (no jax import; must run before any test imports jax)
 
 runtime.configure(fast_cpu_convolutions=True)  # as kdjax.main does; subprocesses inherit it
+
+# One persistent XLA compilation cache for the whole test run (all xdist workers and the
+# subprocesses they start): many tests compile the same tiny programs again (resume, 1 vs 8
+# devices, configs), and a cache hit skips a 5-15 s compile. The key includes XLA_FLAGS, so a
+# run with other flags never reuses an executable. Fresh per run: never a stale entry.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"kdjax_test_xla_cache_{_RUN}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 @pytest.fixture(scope="session")
