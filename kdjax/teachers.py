@@ -121,6 +121,17 @@ def _hub_pickles(repo_id: str, revision: str | None) -> list[str]:
   return [f for f in files if f.split("/")[-1] in UNSAFE_NAMES]
 
 
+def fetch_once(name_or_path: str, revision: str | None = None) -> Path:
+  """`resolve` for multi-process runs: process 0 downloads into the (shared) cache while the
+  others wait, then all of them resolve from it. One process: plain `resolve`."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    if jax.process_index() == 0:
+      resolve(name_or_path, revision)
+    multihost_utils.sync_global_devices(f"kdjax fetched {name_or_path}")
+  return resolve(name_or_path, revision)
+
+
 def weight_files(directory: Path, name: str, config: dict | None = None,
                  revision: str | None = None) -> list[Path]:
   """The safetensors files of a checkpoint directory; refuses pickles, names the fix."""

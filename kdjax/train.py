@@ -42,6 +42,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
                jax.devices()[0].platform, jax.process_count())
 
   # ---------------------------------------------------------------- Input
+  if config.model.pretrained:
+    teachers.fetch_once(config.model.pretrained)  # process 0 downloads, the others wait
   if config.model.pretrained and config.data.normalization == "auto":
     pre = teachers.preprocessing_of(config.model.pretrained)
     config.data.mean, config.data.std = tuple(pre.mean), tuple(pre.std)
