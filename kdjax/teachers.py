@@ -91,6 +91,10 @@ def resolve(name_or_path: str, revision: str | None = None) -> Path:
         f"teacher {name_or_path!r} is not in the HF cache ({constants.HF_HUB_CACHE}) and {why}: "
         f"run {_download_hint(name_or_path)}, or pass a local directory with config.json and "
         f"{SAFETENSORS_NAME}") from e
+  except errors.HFValidationError as e:
+    raise TeacherLoadError(
+        f"teacher {name_or_path!r} is neither a directory nor a valid Hub id "
+        "('org/name', e.g. 'microsoft/resnet-50')") from e
   except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError) as e:
     raise TeacherLoadError(
         f"teacher {name_or_path!r} (revision {revision or 'main'}) is not on the Hub or is "

@@ -146,6 +146,8 @@ def test_mismatched_or_truncated_checkpoints_name_the_problem(saved_resnets, tmp
     teachers.load(str(tmp_path / "wrong"))
   with pytest.raises(teachers.TeacherLoadError, match="no such directory"):
     teachers.load(str(tmp_path / "absent"))
+  with pytest.raises(teachers.TeacherLoadError, match="nor a valid Hub id"):
+    teachers.load("not an id!")
 
 
 def test_hub_ids_resolve_through_the_hf_cache_offline(saved_resnets, tmp_path):
