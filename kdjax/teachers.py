@@ -291,10 +291,14 @@ def _size(value, processor_type: str):
   return ("square", (int(value["height"]), int(value["width"])))
 
 
+def config_image_size(config: dict) -> int:
+  """The input size in config.json (CLIPModel: its vision_config); CNN configs have none: 224."""
+  return int(config.get("vision_config", config).get("image_size", 224))
+
+
 def preprocessing_from(directory: Path, config: dict) -> Preprocessing:
   path = directory / "preprocessor_config.json"
-  vision = config.get("vision_config", config)
-  default_size = int(vision.get("image_size", 224))
+  default_size = config_image_size(config)
   if not path.is_file():  # no processor file: square resize to the model's size, ImageNet stats
     return Preprocessing(resize=("square", (default_size,) * 2))
   pp = json.loads(path.read_text())
@@ -346,11 +350,7 @@ class Teacher:
   @property
   def image_size(self) -> tuple[int, int]:
     """The input size the checkpoint was trained at (after preprocessing)."""
-    size = self.preprocess.output_size
-    if size is None:
-      vision = self.config.get("vision_config", self.config)
-      size = (int(vision.get("image_size", 224)),) * 2
-    return size
+    return self.preprocess.output_size or (config_image_size(self.config),) * 2
 
   def apply(self, variables, pixels: jax.Array, train: bool = False) -> dict:
     """The pure forward function, for use inside other jitted steps."""
@@ -435,8 +435,7 @@ def load(name_or_path: str, *, dtype="float32", num_classes: int | None = None,
   tensors = common.Tensors(arrays, getattr(family, "PREFIXES", ()))
   variables = family.convert(tensors, module)
   preprocess = preprocessing_from(directory, config)
-  size = preprocess.output_size or (int(config.get("vision_config", config).get(
-      "image_size", 224)),) * 2
+  size = preprocess.output_size or (config_image_size(config),) * 2
   abstract = jax.eval_shape(module.init, jax.random.key(0),
                             jnp.zeros((1, *size, 3), jnp.float32))
   variables = _check_and_fill(name_or_path, variables, abstract, tensors,
@@ -456,12 +455,13 @@ def _place(variables, mesh, param_sharding, fsdp_min_size, on_host):
                                                        fsdp_min_size))
 
 
-def source_record(name_or_path: str, revision: str | None = None) -> dict:
-  """Where a pre-trained model came from, precisely enough to load the same weights later: a
-  Hub id with the snapshot's commit, or a local directory's absolute path."""
-  directory = resolve(name_or_path, revision)
+def source_record(name_or_path: str, directory: Path) -> dict:
+  """Where a pre-trained model came from (`directory`: what `resolve` gave for it), precisely
+  enough to load the same weights later: a Hub id with the snapshot's commit, or a local
+  directory's absolute path."""
+  directory = Path(directory)
   if _is_hub_id(name_or_path):
-    commit = directory.name if directory.parent.name == "snapshots" else revision
+    commit = directory.name if directory.parent.name == "snapshots" else None
     return {"source": name_or_path, "hub": True, "revision": commit}
   return {"source": str(directory.resolve()), "hub": False, "revision": None}
 
@@ -500,8 +500,8 @@ def load_adapted(workdir, *, dtype="float32", mesh=None, param_sharding="replica
   ckpt.close()
   base = load(record["source"], dtype=dtype, num_classes=0, revision=record.get("revision"),
               conv_impl=conv_impl, on_host=True)
-  pretrained = {kind: {"backbone": tree} for kind, tree in base.variables.items()}
-  variables = steps.merge(pretrained, dict(state["params"]), dict(state["batch_stats"] or {}))
+  variables = steps.merge(hub.backbone_variables(base.variables), dict(state["params"]),
+                          dict(state["batch_stats"] or {}))
   num_classes = variables["params"]["classifier"]["kernel"].shape[-1]
   module = hub.HubClassifier(base.module, num_classes, frozen=True, return_dict=True)
   size = int(run["data"]["image_size"])

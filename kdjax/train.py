@@ -42,10 +42,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
                jax.devices()[0].platform, jax.process_count())
 
   # ---------------------------------------------------------------- Input
+  pretrained_dir = None  # the checkpoint directory model.pretrained names, resolved once
   if config.model.pretrained:
-    teachers.fetch_once(config.model.pretrained)  # process 0 downloads, the others wait
+    pretrained_dir = teachers.fetch_once(config.model.pretrained)  # process 0 downloads first
   if config.model.pretrained and config.data.normalization == "auto":
-    pre = teachers.preprocessing_of(config.model.pretrained)
+    pre = teachers.preprocessing_of(str(pretrained_dir))
     config.data.mean, config.data.std = tuple(pre.mean), tuple(pre.std)
     logging.info("normalising like %s: mean %s std %s", config.model.pretrained,
                  config.data.mean, config.data.std)
@@ -61,7 +62,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
                {k: v.num_examples for k, v in data.evals.items()}, data.num_classes)
 
   # ---------------------------------------------------------------- Model and optimizer
-  model, pretrained = models.build(config.model, data.num_classes)
+  model, pretrained = models.build(config.model, data.num_classes, pretrained_dir)
   frozen = {}  # variables the step reads but never trains or checkpoints (a probe's backbone)
   if pretrained is not None:
     pretrained = shd.put_global(pretrained, shd.param_shardings(
@@ -119,7 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
       f.write(config.to_json_best_effort(indent=2))
     if config.model.pretrained:  # the exact weights (Hub commit / absolute path) it started from
       with open(os.path.join(workdir, "pretrained.json"), "w") as f:
-        json.dump(teachers.source_record(config.model.pretrained), f, indent=2)
+        json.dump(teachers.source_record(config.model.pretrained, pretrained_dir), f, indent=2)
 
   # ---------------------------------------------------------------- Cost (XLA's count)
   def abstract_batch(size, with_mask=False):

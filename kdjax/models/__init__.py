@@ -33,7 +33,7 @@ def build_student(cfg: ml_collections.ConfigDict, num_classes: int):
   return build(cfg, num_classes)[0]
 
 
-def build(cfg: ml_collections.ConfigDict, num_classes: int):
+def build(cfg: ml_collections.ConfigDict, num_classes: int, pretrained_dir=None):
   """(model, pre-trained variables or None) for `cfg`.
 
   With `cfg.pretrained` (a Hub id or directory) the architecture and weights come from the
@@ -45,7 +45,7 @@ def build(cfg: ml_collections.ConfigDict, num_classes: int):
     raise ValueError(f"model.param_sharding={cfg.param_sharding!r} applies to a frozen "
                      "backbone (model.freeze_backbone=True); trained parameters are replicated")
   if cfg.pretrained:
-    return hub.build(cfg, num_classes, DTYPES[cfg.dtype])
+    return hub.build(cfg, num_classes, DTYPES[cfg.dtype], pretrained_dir)
   if cfg.freeze_backbone:
     raise ValueError("model.freeze_backbone=True needs model.pretrained (a Hub id or directory)")
   if cfg.name not in STUDENTS:

@@ -53,13 +53,19 @@ class HubClassifier(nn.Module):
     return out if self.return_dict else (logits, out)
 
 
-def build(cfg, num_classes: int, dtype: Any):
+def backbone_variables(variables: dict) -> dict:
+  """A head-less model's variables as HubClassifier's "backbone" subtree."""
+  return {kind: {"backbone": tree} for kind, tree in variables.items()}
+
+
+def build(cfg, num_classes: int, dtype: Any, source=None):
   """(HubClassifier, pre-trained variables {"params": {"backbone": ...}, ...} as host numpy
-  arrays) for cfg; the trainer places them on its mesh."""
+  arrays) for cfg; the trainer places them on its mesh. `source`: the directory that
+  cfg.pretrained already resolved to (so the Hub is not asked again)."""
   from kdjax import teachers  # late: teachers imports jax-heavy family modules
 
-  teacher = teachers.load(cfg.pretrained, dtype=dtype, num_classes=0, conv_impl=cfg.conv_impl,
-                          on_host=True)
+  teacher = teachers.load(str(source or cfg.pretrained), dtype=dtype, num_classes=0,
+                          conv_impl=cfg.conv_impl, on_host=True)
   if cfg.name != "hub" and not ARCHITECTURE_CHECKS.get(cfg.name, lambda c: False)(
       teacher.config):
     matching = sorted(k for k, check in ARCHITECTURE_CHECKS.items() if check(teacher.config))
@@ -74,5 +80,4 @@ def build(cfg, num_classes: int, dtype: Any):
     backbone = backbone.clone(bn_momentum=0.997)
   model = HubClassifier(backbone, num_classes, frozen=cfg.freeze_backbone,
                         dropout_rate=cfg.dropout_rate if cfg.name == "mobilenet_v2" else 0.0)
-  pretrained = {kind: {"backbone": tree} for kind, tree in teacher.variables.items()}
-  return model, pretrained
+  return model, backbone_variables(teacher.variables)

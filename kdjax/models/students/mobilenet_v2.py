@@ -23,9 +23,11 @@ INVERTED_RESIDUAL_SETTING = (
 )
 
 
-def make_divisible(value: float, divisor: int = 8) -> int:
-  """torchvision's channel rounding: nearest multiple of divisor, never below 90% of value."""
-  new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+  """torchvision's (and TF-slim's) channel rounding: nearest multiple of divisor, at least
+  min_value (default: divisor), never below 90% of value."""
+  new = max(divisor if min_value is None else min_value,
+            int(value + divisor / 2) // divisor * divisor)
   if new < 0.9 * value:
     new += divisor
   return new

@@ -19,7 +19,35 @@ architecture to Flax linen and converts its safetensors weights. It provides:
       mis-shaped, naming the tensors.
 """
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+# HF ACT2FN names -> jax, for every family. torch's "gelu" is the exact (erf) one.
+ACTIVATIONS = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": nn.relu,
+    "relu6": jax.nn.relu6,
+    "silu": nn.silu,
+    "swish": nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def num_labels(config: dict) -> int:
+  """A head's class count; config.json omits id2label when it is the default (2 labels)."""
+  return len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
+
+
+def activation(name: str):
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
 
 
 class Tensors:

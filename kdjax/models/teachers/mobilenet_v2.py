@@ -29,11 +29,18 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax import lax
 
-from kdjax.models.teachers.common import Tensors, batch_norm, conv_kernel, dense
+from kdjax.models.students.mobilenet_v2 import make_divisible  # TF-slim's = torchvision's
+from kdjax.models.teachers.common import (
+  Tensors,
+  activation,
+  batch_norm,
+  conv_kernel,
+  dense,
+  num_labels,
+)
 
 MODEL_TYPES = ("mobilenet_v2",)
 PREFIXES = ("mobilenet_v2.",)
@@ -43,17 +50,6 @@ PREFIXES = ("mobilenet_v2.",)
 CHANNELS = (16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320)
 STRIDES = (2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1)
 NUM_LAYERS = len(STRIDES)
-ACTIVATIONS = {"relu6": jax.nn.relu6, "relu": jax.nn.relu}
-
-
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-  """HF's (TF-slim's) channel rounding: nearest multiple of divisor, never below 90% of value."""
-  if min_value is None:
-    min_value = divisor
-  new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
-  if new_value < 0.9 * value:
-    new_value += divisor
-  return int(new_value)
 
 
 def layer_plan(output_stride: int) -> list[tuple[int, int]]:
@@ -109,7 +105,7 @@ class ConvLayer(nn.Module):
                 conv_general_dilated=self.conv, name="convolution")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=self.eps,
                      dtype=self.dtype, name="normalization")(x)
-    return ACTIVATIONS[self.act](x) if self.act else x
+    return activation(self.act)(x) if self.act else x
 
 
 class Stem(nn.Module):
@@ -198,21 +194,13 @@ class MobileNetV2(nn.Module):
     return out
 
 
-def _num_labels(config: dict) -> int:
-  # config.json omits id2label when it is the default (2 labels).
-  if config.get("id2label"):
-    return len(config["id2label"])
-  return int(config.get("num_labels", 2))
-
-
 def build(config: dict, keys, *, dtype=jnp.float32, num_classes: int | None = None) -> MobileNetV2:
   act = config.get("hidden_act", "relu6")
-  if act not in ACTIVATIONS:
-    raise ValueError(f"unsupported MobileNetV2 hidden_act {act!r}; valid: {sorted(ACTIVATIONS)}")
+  activation(act)  # fails here, naming the supported ones, rather than at the first call
   has_head = any(p + "classifier.weight" in keys for p in ("", *PREFIXES))
   checkpoint_head = num_classes is None and has_head
   if checkpoint_head:
-    num_classes = _num_labels(config)
+    num_classes = num_labels(config)
   return MobileNetV2(
       depth_multiplier=float(config.get("depth_multiplier", 1.0)),
       depth_divisible_by=int(config.get("depth_divisible_by", 8)),

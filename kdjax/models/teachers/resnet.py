@@ -17,7 +17,6 @@ from kdjax.models.teachers import common
 
 MODEL_TYPES = ("resnet",)
 PREFIXES = ("resnet.",)
-_ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False)}
 
 
 class ConvBN(nn.Module):
@@ -81,7 +80,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    act = _ACTIVATIONS[self.hidden_act]
+    act = common.activation(self.hidden_act)
     x = x.astype(self.dtype)
     x = ConvBN(self.embedding_size, 7, 2, act, self.dtype, self.conv, name="embedder")(x, train)
     x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1)] * 2)
@@ -104,7 +103,7 @@ def build(config: dict, keys, *, dtype=jnp.float32, num_classes: int | None = No
   if config.get("layer_type", "bottleneck") not in ("basic", "bottleneck"):
     raise ValueError(f"unknown ResNet layer_type {config['layer_type']!r}")
   if num_classes is None and any(k.endswith("classifier.1.weight") for k in keys):
-    num_classes = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+    num_classes = common.num_labels(config)
   return ResNet(
       embedding_size=config.get("embedding_size", 64),
       hidden_sizes=tuple(config.get("hidden_sizes", (256, 512, 1024, 2048))),

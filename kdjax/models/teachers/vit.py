@@ -28,7 +28,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax.models.teachers.common import Tensors, conv_kernel, dense, layer_norm
+from kdjax.models.teachers.common import (
+  Tensors,
+  activation,
+  conv_kernel,
+  dense,
+  layer_norm,
+  num_labels,
+)
 
 MODEL_TYPES = ("vit", "dinov2", "clip", "clip_vision_model")
 # The base model's names sit under these when a head model (or CLIPModel) saved them.
@@ -49,26 +56,6 @@ DEFAULTS = {
                  num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=32,
                  hidden_act="quick_gelu", layer_norm_eps=1e-5, attention_dropout=0.0),
 }
-
-# HF ACT2FN names -> jax. torch's "gelu" is the exact (erf) one.
-ACTIVATIONS = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": nn.relu,
-    "silu": nn.silu,
-    "swish": nn.silu,
-    "tanh": jnp.tanh,
-}
-
-
-def _activation(name: str):
-  if name not in ACTIVATIONS:
-    raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
-  return ACTIVATIONS[name]
-
 
 # ------------------------------------------------------------------------------ interpolation
 
@@ -192,7 +179,7 @@ class Block(nn.Module):
       y = nn.Dense(d, dtype=dt, param_dtype=jnp.float32, name="weights_out")(nn.silu(y1) * y2)
     else:
       y = nn.Dense(self.mlp_dim, dtype=dt, param_dtype=jnp.float32, name="fc1")(y)
-      y = _activation(self.hidden_act)(y)
+      y = activation(self.hidden_act)(y)
       y = nn.Dense(d, dtype=dt, param_dtype=jnp.float32, name="fc2")(y)
     if train and self.mlp_out_dropout > 0:
       y = nn.Dropout(self.mlp_out_dropout, deterministic=False)(y)
@@ -271,7 +258,7 @@ class VisionTransformer(nn.Module):
         out["pooler_output"] = x[:, 0].astype(f32)
       elif self.pooler_dim is not None:
         pooled = nn.Dense(self.pooler_dim, dtype=dt, param_dtype=f32, name="pooler")(x[:, 0])
-        out["pooler_output"] = _activation(self.pooler_act)(pooled).astype(f32)
+        out["pooler_output"] = activation(self.pooler_act)(pooled).astype(f32)
     seq = out["last_hidden_state"]
     # Patch means in float32: a bf16 sum over hundreds of tokens would lose precision.
     if self.features_from == "cls_mean":
@@ -330,7 +317,7 @@ def build(config: dict, keys, *, dtype=jnp.float32, num_classes: int | None = No
   grid = tuple(s // patch[0] for s in _pair(c["image_size"]))
   new_head = num_classes is not None
   if num_classes is None and _has(keys, "classifier.weight"):
-    num_classes = len(c.get("id2label") or {}) or c.get("num_labels", 2)
+    num_classes = num_labels(c)
   common = dict(family=family, hidden_size=d, num_layers=c["num_hidden_layers"],
                 num_heads=c["num_attention_heads"], patch_size=patch[0], grid=grid,
                 hidden_act=c["hidden_act"], layer_norm_eps=c["layer_norm_eps"],
