@@ -86,8 +86,43 @@ def base() -> ml_collections.ConfigDict:
   # Pre-trained backbone's learning rate = this x learning_rate (paper A fine-tune: 0.1).
   c.optimizer.backbone_lr_scale = 1.0
 
+  # The student's objective: sum of weight x term (kdjax/losses, README "Losses"). Every term
+  # but CE needs teachers (below). Paper A: ce + kd + align + unif = 1 each; paper B: ce + aft.
   c.loss = ml_collections.ConfigDict()
   c.loss.label_smoothing = 0.0
+  c.loss.ce_weight = 1.0
+  c.loss.kd_weight = 0.0  # Hinton KD on the teachers' (adapted) task heads
+  c.loss.kd_temperature = 4.0
+  c.loss.kd_multi_teacher = "mean_probs"  # several teachers: mean_probs | sum_kl
+  c.loss.align_weight = 0.0  # paper A alignment of projected, L2-normalised embeddings
+  c.loss.align_alpha = 2.0
+  c.loss.unif_weight = 0.0  # paper A uniformity, mean of the student's and the teacher's
+  c.loss.unif_t = 2.0
+  c.loss.proj_head = "mlp"  # paper A projection heads: mlp (Linear(d,d)-ReLU-Linear) | linear
+  c.loss.proj_dim = 128
+  c.loss.aft_weight = 0.0  # paper B: beta x R
+  c.loss.aft_kernel = "linear"  # linear | rbf
+  c.loss.aft_rho = "diagonal"  # diagonal (one weight per teacher feature) | dense (a matrix)
+  c.loss.feature_kd_weight = 0.0  # paper B's baseline: linear map student -> teacher, MSE
+  # AFT's rho / dense map and feature-KD's map: this learning rate (same optimizer and schedule
+  # shape as the student, no weight decay); the reference code uses 1e-2.
+  c.loss.prior_learning_rate = 1e-2
+
+  # Teachers (needed by every loss term but CE): Hub ids, local HF directories or kdjax run
+  # directories (an adapted teacher from configs/adapt.py, or any kdjax run), comma-separated
+  # for several. Frozen: eval mode, no gradient, passed to the step, never checkpointed.
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.models = ""
+  # online: run the teachers in every step on the student's augmented batch (resized to each
+  # teacher's resolution and normalisation on the device) | cached: run them once over the
+  # training set (cache_views augmented views per image) and read their outputs from disk.
+  c.teacher.mode = "online"
+  c.teacher.dtype = "float32"  # teacher compute dtype: float32 | bfloat16
+  c.teacher.param_sharding = "replicate"  # replicate | fsdp (split over the data axis)
+  c.teacher.fsdp_min_size = 2**16
+  c.teacher.cache_dir = ""  # cached: empty = WORKDIR/teacher_cache; set it to share a cache
+  c.teacher.cache_views = 1  # cached: augmented views per training image (K >= 1)
+  c.teacher.evaluate = True  # evals also report teacher accuracy and student-teacher agreement
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "cifar10"  # any TFDS image-classification dataset, or kdjax_digits

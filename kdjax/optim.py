@@ -42,28 +42,50 @@ def _decay_mask(params, decay_all: bool):
   return jax.tree.map(lambda p: decay_all or p.ndim > 1, params)
 
 
-def build(cfg, lr: optax.Schedule) -> optax.GradientTransformation:
-  """The optimizer `cfg.name` with learning-rate schedule `lr` (from `schedule`).
-
-  `cfg.backbone_lr_scale` multiplies the final updates of the parameters under a top-level
-  "backbone" key (pre-trained models): the same as a torch parameter group whose lr (and so
-  its decoupled weight decay step) is scaled.
-  """
+def _base(cfg, lr, weight_decay: float) -> optax.GradientTransformation:
   mask = lambda p: _decay_mask(p, cfg.decay_norm_and_bias)  # noqa: E731
   if cfg.name == "sgd":
-    tx = optax.chain(
-        optax.add_decayed_weights(cfg.weight_decay, mask),
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask),
         optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
-  elif cfg.name == "adamw":
-    tx = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask)
-  elif cfg.name == "adam":
-    tx = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
-  else:
-    raise ValueError(f"unknown optimizer.name {cfg.name!r}; valid: ['adam', 'adamw', 'sgd']")
-  if cfg.backbone_lr_scale != 1.0:
-    def backbone(params):
-      return {k: jax.tree.map(lambda _, is_backbone=k == "backbone": is_backbone, v)
-              for k, v in params.items()}
+  if cfg.name == "adamw":
+    return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=weight_decay, mask=mask)
+  if cfg.name == "adam":
+    return optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
+  raise ValueError(f"unknown optimizer.name {cfg.name!r}; valid: ['adam', 'adamw', 'sgd']")
 
-    tx = optax.chain(tx, optax.masked(optax.scale(cfg.backbone_lr_scale), backbone))
-  return tx
+
+# Top-level keys of the trainer's auxiliary parameters (kdjax/distill.py) that are "priors":
+# trained at loss.prior_learning_rate without weight decay (AFT's rho, feature-KD's map).
+PRIOR_KEYS = ("rho", "feature_kd")
+
+
+def labels(tree: dict) -> dict:
+  """Parameter groups of {"model": student params, "aux": distillation params}.
+
+  backbone: a pre-trained student's backbone (lr x backbone_lr_scale); model: the rest of the
+  student and paper A's projection heads (trained with the student); prior: PRIOR_KEYS.
+  """
+  model = {k: jax.tree.map(lambda _, g="backbone" if k == "backbone" else "model": g, v)
+           for k, v in tree["model"].items()}
+  aux = {k: jax.tree.map(lambda _, g="prior" if k in PRIOR_KEYS else "model": g, v)
+         for k, v in tree["aux"].items()}
+  return {"model": model, "aux": aux}
+
+
+def build(cfg, lr: optax.Schedule, prior_learning_rate: float | None = None
+          ) -> optax.GradientTransformation:
+  """The optimizer `cfg.name` with schedule `lr` (from `schedule`), over the tree
+  {"model": student params, "aux": distillation params} (`labels` gives the groups).
+
+  `cfg.backbone_lr_scale` multiplies the final updates of a pre-trained backbone: the same as
+  a torch parameter group whose lr (and so its decoupled weight decay step) is scaled.
+  Priors follow the same schedule shape at `prior_learning_rate` (AFT's reference code: one
+  optimizer, two parameter groups, one cosine scheduler), without weight decay.
+  """
+  model = _base(cfg, lr, cfg.weight_decay)
+  backbone = optax.chain(_base(cfg, lr, cfg.weight_decay), optax.scale(cfg.backbone_lr_scale))
+  prior_lr = prior_learning_rate if prior_learning_rate is not None else cfg.learning_rate
+  ratio = prior_lr / cfg.learning_rate if cfg.learning_rate else 0.0
+  prior = _base(cfg, lambda step: lr(step) * ratio, 0.0)
+  return optax.multi_transform({"model": model, "backbone": backbone, "prior": prior}, labels)

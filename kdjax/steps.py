@@ -17,13 +17,14 @@ import optax
 
 class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
-  params: Any
+  params: Any  # the student's
   batch_stats: Any
-  opt_state: Any
+  opt_state: Any  # over {"model": params, "aux": aux} (optim.build)
+  aux: Any = flax.struct.field(default_factory=dict)  # distillation heads, rho (distill.py)
 
 
 def create_train_state(model, tx, image_shape, key, pretrained=None,
-                       frozen: bool = False) -> TrainState:
+                       frozen: bool = False, distiller=None) -> TrainState:
   """Random init, overwritten by `pretrained` variables; `frozen` ones are left out of the state.
 
   Frozen variables (a linear probe's backbone) are passed to every step as an argument instead
@@ -38,8 +39,9 @@ def create_train_state(model, tx, image_shape, key, pretrained=None,
     params = {k: v for k, v in params.items() if k not in pretrained.get("params", {})}
     batch_stats = {k: v for k, v in batch_stats.items()
                    if k not in pretrained.get("batch_stats", {})}
+  aux = distiller.init_aux(jax.random.fold_in(key, 1)) if distiller is not None else {}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params))
+                    opt_state=tx.init({"model": params, "aux": aux}), aux=aux)
 
 
 def merge(frozen, params, batch_stats) -> dict:
@@ -54,45 +56,68 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def make_train_step(model, tx, loss_cfg, num_classes: int) -> Callable:
-  """(state, batch, key, frozen) -> (state, metrics) for the cross-entropy student.
+def make_train_step(model, tx, loss_cfg, num_classes: int, distiller=None) -> Callable:
+  """(state, batch, key, frozen, teacher_vars) -> (state, metrics).
 
   `frozen`: variables that are inputs, not state (see `create_train_state`); {} for most.
+  `distiller` (kdjax/distill.py): the teachers and the distillation terms; None: CE only.
+  `teacher_vars`: the teachers' variables (a list, [] without online teachers): an input, so
+  no gradient reaches them and no update can change them.
   """
+  weights = distiller.weights if distiller is not None else {"ce": float(loss_cfg.ce_weight)}
 
-  def loss_fn(params, batch_stats, frozen, batch, rng):
-    (logits, _), new_vars = model.apply(
-        merge(frozen, params, batch_stats), batch["image"], train=True,
+  def loss_fn(trainable, batch_stats, frozen, teacher_vars, batch, rng):
+    (logits, out), new_vars = model.apply(
+        merge(frozen, trainable["model"], batch_stats), batch["image"], train=True,
         mutable=["batch_stats"], rngs={"dropout": rng})
     new_stats = {k: v for k, v in new_vars.get("batch_stats", {}).items()
                  if k not in frozen.get("batch_stats", {})}
-    ce = cross_entropy(logits, batch["label"], num_classes, loss_cfg.label_smoothing).mean()
+    terms = {"ce": cross_entropy(logits, batch["label"], num_classes,
+                                 loss_cfg.label_smoothing).mean()}
+    metrics = {}
+    if distiller is not None and len(weights) > 1:
+      tout = distiller.outputs_for(teacher_vars, batch)
+      more, metrics = distiller.terms(trainable["aux"], out["pre_logits"], logits, tout)
+      terms.update(more)
+    loss = sum(weights[k] * v for k, v in terms.items())
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return ce, (new_stats, {"loss": ce, "ce": ce, "accuracy": accuracy})
+    return loss, (new_stats, {"loss": loss, **terms, **metrics, "accuracy": accuracy})
 
-  def train_step(state: TrainState, batch, key, frozen):
+  def train_step(state: TrainState, batch, key, frozen, teacher_vars=()):
     rng = jax.random.fold_in(key, state.step)
+    trainable = {"model": state.params, "aux": state.aux}
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, frozen, batch, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+        trainable, state.batch_stats, frozen, teacher_vars, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    metrics["grad_norm"] = optax.global_norm(grads["model"])
+    new_state = state.replace(step=state.step + 1, params=trainable["model"],
+                              batch_stats=batch_stats, opt_state=opt_state,
+                              aux=trainable["aux"])
     return new_state, metrics
 
   return train_step
 
 
 def make_eval_step(predict_fn: Callable, num_classes: int) -> Callable:
-  """(variables, batch) -> sums {"correct", "loss", "count"} over the real (mask=1) examples."""
+  """(variables, batch) -> sums {"correct", "loss", "count"} over the real (mask=1) examples.
+
+  With batch["teacher_pred"] (the teachers' predictions, kdjax/evaluators) also
+  "teacher_correct" and "agree" (student-teacher top-1 agreement).
+  """
 
   def eval_step(variables, batch):
     logits = predict_fn(variables, batch["image"])
     mask = batch["mask"]
     ce = cross_entropy(logits, batch["label"], num_classes)
-    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-    return {"correct": jnp.sum(correct * mask), "loss": jnp.sum(ce * mask),
+    pred = jnp.argmax(logits, -1)
+    correct = (pred == batch["label"]).astype(jnp.float32)
+    sums = {"correct": jnp.sum(correct * mask), "loss": jnp.sum(ce * mask),
             "count": jnp.sum(mask)}
+    if "teacher_pred" in batch:
+      teacher = batch["teacher_pred"]
+      sums["teacher_correct"] = jnp.sum((teacher == batch["label"]) * mask)
+      sums["agree"] = jnp.sum((teacher == pred) * mask)
+    return sums
 
   return eval_step

@@ -353,8 +353,13 @@ class Teacher:
     return self.preprocess.output_size or (config_image_size(self.config),) * 2
 
   def apply(self, variables, pixels: jax.Array, train: bool = False) -> dict:
-    """The pure forward function, for use inside other jitted steps."""
-    return self.module.apply(variables, pixels, train=train)
+    """The pure forward function, for use inside other jitted steps: an output dict with at
+    least "features" (what a head reads) and, with a head, "logits"."""
+    out = self.module.apply(variables, pixels, train=train)
+    if isinstance(out, tuple):  # a kdjax student (a teacher trained by a kdjax run)
+      logits, out = out
+      out = {**out, "logits": logits, "features": out["pre_logits"]}
+    return out
 
   def __call__(self, pixels: jax.Array) -> dict:
     if self._forward is None:
@@ -487,9 +492,6 @@ def load_adapted(workdir, *, dtype="float32", mesh=None, param_sharding="replica
     record = json.loads(record_path.read_text())
   else:
     record = {"source": run.get("model", {}).get("pretrained"), "revision": None}
-  if not record["source"]:
-    raise TeacherLoadError(f"{workdir} is a kdjax run of a model trained from scratch "
-                           "(model.pretrained is empty); a teacher run sets model.pretrained")
   ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), max_to_keep=1_000_000)
   step = ckpt.latest_step()
   if step is None:
@@ -498,16 +500,44 @@ def load_adapted(workdir, *, dtype="float32", mesh=None, param_sharding="replica
                            f"(python -m kdjax.main --config=... --workdir={workdir}) first")
   state = ckpt.restore_numpy(step)
   ckpt.close()
+  size = int(run["data"]["image_size"])
+  preprocess = Preprocessing(resize=("square", (size, size)), crop=None,
+                             central_fraction=float(run["data"].get("eval_crop_fraction", 1.0)),
+                             mean=tuple(run["data"]["mean"]), std=tuple(run["data"]["std"]))
+  if not record["source"]:  # a kdjax student trained from scratch, as a teacher
+    return _run_teacher(workdir, run, state, preprocess, dtype, mesh, param_sharding,
+                        fsdp_min_size, conv_impl, on_host)
   base = load(record["source"], dtype=dtype, num_classes=0, revision=record.get("revision"),
               conv_impl=conv_impl, on_host=True)
   variables = steps.merge(hub.backbone_variables(base.variables), dict(state["params"]),
                           dict(state["batch_stats"] or {}))
   num_classes = variables["params"]["classifier"]["kernel"].shape[-1]
   module = hub.HubClassifier(base.module, num_classes, frozen=True, return_dict=True)
-  size = int(run["data"]["image_size"])
-  preprocess = Preprocessing(resize=("square", (size, size)), crop=None,
-                             central_fraction=float(run["data"].get("eval_crop_fraction", 1.0)),
-                             mean=tuple(run["data"]["mean"]), std=tuple(run["data"]["std"]))
   variables = _place(variables, mesh, param_sharding, fsdp_min_size, on_host)
   return Teacher(name=str(workdir), directory=workdir, config=base.config, module=module,
                  variables=variables, preprocess=preprocess)
+
+
+def _run_teacher(workdir: Path, run: dict, state: dict, preprocess: Preprocessing, dtype, mesh,
+                 param_sharding, fsdp_min_size, conv_impl, on_host) -> Teacher:
+  """A kdjax run of a student from scratch (e.g. a larger network trained on more data) as a
+  teacher: the network of its config.json with its latest parameters, in eval mode."""
+  import ml_collections
+
+  from kdjax import models
+
+  model_cfg = ml_collections.ConfigDict(run["model"])
+  model_cfg.dtype = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+  model_cfg.conv_impl = conv_impl
+  params = dict(state["params"])
+  head = [v for k, v in params.items() if k == "head"]
+  if not head:
+    raise TeacherLoadError(f"{workdir}: cannot find the classifier head of model "
+                           f"{model_cfg.name!r} in its checkpoint")
+  num_classes = int(head[0]["kernel"].shape[-1])
+  model, _ = models.build(model_cfg, num_classes)
+  variables = {"params": params, "batch_stats": dict(state["batch_stats"] or {})}
+  variables = _place(variables, mesh, param_sharding, fsdp_min_size, on_host)
+  return Teacher(name=str(workdir), directory=workdir, config={"model_type": "kdjax",
+                                                               "image_size": preprocess.resize[1][0]},
+                 module=model, variables=variables, preprocess=preprocess)

@@ -13,11 +13,12 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from kdjax import checkpoint, models, optim, steps, teachers
+from kdjax import checkpoint, distill, models, optim, steps, teacher_cache, teachers
 from kdjax import sharding as shd
 from kdjax.data import pipeline
 from kdjax.evaluators import classification
@@ -72,12 +73,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
       frozen = pretrained
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
   learning_rate = optim.schedule(config.optimizer, total_steps, steps_per_epoch)
-  tx = optim.build(config.optimizer, learning_rate)
+  tx = optim.build(config.optimizer, learning_rate, config.loss.prior_learning_rate)
+  image_shape = (config.data.image_size, config.data.image_size, 3)
+
+  # ---------------------------------------------------------------- Teachers
+  teacher_list, teacher_records = _load_teachers(config)
+  distiller, teacher_vars = None, []
+  if teacher_list or distill.needs_teacher(config.loss):
+    if config.teacher.mode not in distill.TEACHER_MODES:
+      raise ValueError(f"unknown teacher.mode {config.teacher.mode!r}; "
+                       f"valid: {list(distill.TEACHER_MODES)}")
+    student_out = jax.eval_shape(
+        lambda k: model.init_with_output(k, jnp.zeros((2,) + image_shape), train=False)[0],
+        init_key)[1]
+    distiller = distill.Distiller(
+        config.loss, [distill.view_of(t) for t in teacher_list], data.num_classes,
+        int(student_out["pre_logits"].shape[-1]), config.data.mean, config.data.std,
+        cached=config.teacher.mode == "cached")
+    teacher_vars = [shd.put_global(t.variables, shd.param_shardings(
+        t.variables, mesh, config.teacher.param_sharding, config.teacher.fsdp_min_size))
+        for t in teacher_list]
+    logging.info("teachers (%s): %s; loss weights %s", config.teacher.mode,
+                 [f"{v.name} ({v.num_features} features, head: {v.num_logits})"
+                  for v in distiller.views], distiller.weights)
+  teacher_sh = jax.tree.map(lambda x: x.sharding, teacher_vars)
+  cache, cache_cost = None, None
+  if distiller is not None and distiller.cached:
+    cache, cache_cost = teacher_cache.build(config, workdir, data.train, distiller,
+                                            teacher_vars, teacher_records, mesh)
+    data.train.attach_cache(cache)
+    logging.info("teacher cache: %d views per image, made in %.1fs (%.3g FLOPs)",
+                 cache.num_views, cache_cost["wall_time_s"], cache_cost["flops"])
+  # what the train step receives: the online teachers' variables ([] when cached or none)
+  step_teacher_vars = teacher_vars if distiller is not None and not distiller.cached else []
+  step_teacher_sh = jax.tree.map(lambda x: x.sharding, step_teacher_vars)
 
   # ---------------------------------------------------------------- State, shape first
-  image_shape = (config.data.image_size, config.data.image_size, 3)
   init = functools.partial(steps.create_train_state, model, tx, image_shape,
-                           frozen=config.model.freeze_backbone)
+                           frozen=config.model.freeze_backbone, distiller=distiller)
   abstract_state = jax.eval_shape(init, init_key, pretrained)
   state_sh = jax.tree.map(lambda _: repl, abstract_state)
   state = jax.jit(init, out_shardings=state_sh)(init_key, pretrained)
@@ -90,9 +123,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
 
   # ---------------------------------------------------------------- Steps
   train_step = jax.jit(
-      steps.make_train_step(model, tx, config.loss, data.num_classes),
-      in_shardings=(state_sh, batch_sh, repl, frozen_sh), out_shardings=(state_sh, repl),
-      donate_argnums=0)
+      steps.make_train_step(model, tx, config.loss, data.num_classes, distiller),
+      in_shardings=(state_sh, batch_sh, repl, frozen_sh, step_teacher_sh),
+      out_shardings=(state_sh, repl), donate_argnums=0)
 
   def predict(variables, images):
     return model.apply(variables, images, train=False)[0]
@@ -123,26 +156,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
         json.dump(teachers.source_record(config.model.pretrained, pretrained_dir), f, indent=2)
 
   # ---------------------------------------------------------------- Cost (XLA's count)
-  def abstract_batch(size, with_mask=False):
+  def abstract_batch(size, with_mask=False, cached=cache is not None):
     batch = {"image": jax.ShapeDtypeStruct((size,) + image_shape, np.float32, sharding=batch_sh),
              "label": jax.ShapeDtypeStruct((size,), np.int32, sharding=batch_sh)}
     if with_mask:
       batch["mask"] = jax.ShapeDtypeStruct((size,), np.float32, sharding=batch_sh)
+    for k, v in (cache.arrays.items() if cached else ()):
+      batch[k] = jax.ShapeDtypeStruct((size,) + v.shape[2:], np.float32, sharding=batch_sh)
     return batch
 
   flops_per_step = _flops(train_step, state, abstract_batch(config.batch_size), dropout_key,
-                          frozen)
+                          frozen, step_teacher_vars)
+  if cache is not None:  # what the same step would cost with the teachers run online
+    online = distill.Distiller(config.loss, distiller.views, data.num_classes,
+                               distiller.student_features, config.data.mean, config.data.std)
+    online_step = jax.jit(steps.make_train_step(model, tx, config.loss, data.num_classes,
+                                                online))
+    cost["online_teacher_flops_per_train_step"] = _flops(
+        online_step, state, abstract_batch(config.batch_size, cached=False), dropout_key,
+        frozen, teacher_vars)
+    cost["teacher_cache_flops"] = cache_cost["flops"]
+    cost["teacher_cache_wall_time_s"] = cache_cost["wall_time_s"]
+    logging.info("cached teachers: %.3g FLOPs per step instead of %.3g online", flops_per_step,
+                 cost["online_teacher_flops_per_train_step"])
   eval_flops_per_batch = _flops(eval_step, eval_variables(state),
                                 abstract_batch(config.eval_batch_size, with_mask=True))
   logging.info("XLA cost analysis: %.3g FLOPs per train step (global batch %d)",
                flops_per_step, config.batch_size)
 
   # ---------------------------------------------------------------- Evaluation
+  teacher_preds = {}  # eval set -> the teachers' predictions (frozen: computed once per run)
+  predict_teacher = None
+  if distiller is not None and distiller.kd_teachers and config.teacher.evaluate:
+    predict_teacher = jax.jit(distiller.teacher_predictions,
+                              in_shardings=(teacher_sh, batch_sh), out_shardings=batch_sh)
+
   def run_evals(step):
     variables = eval_variables(state)
     out = {}
     for name, ev in data.evals.items():
-      for k, v in classification.evaluate(eval_step, variables, ev).items():
+      if predict_teacher is not None and name not in teacher_preds:
+        teacher_preds[name] = classification.teacher_predictions(predict_teacher, teacher_vars,
+                                                                 ev)
+        cost["eval_flops"] += ev.num_batches * _flops(
+            predict_teacher, teacher_vars, abstract_batch(config.eval_batch_size)["image"])
+      for k, v in classification.evaluate(eval_step, variables, ev,
+                                          teacher_preds.get(name)).items():
         out[f"{name}/{k}"] = v
       cost["eval_flops"] += eval_flops_per_batch * ev.num_batches
     logging.info("eval at step %d: %s", step, out)
@@ -168,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   final_metrics = {}
   for step in range(start_step + 1, total_steps + 1):
     batch = data.train.batch(step - 1, jax.random.fold_in(aug_key, step - 1))
-    state, metrics = train_step(state, batch, dropout_key, frozen)
+    state, metrics = train_step(state, batch, dropout_key, frozen, step_teacher_vars)
     pending.append(metrics)
     if step % config.log_every_steps == 0 or step == total_steps:
       means = {f"train/{k}": float(np.mean(v)) for k, v in
@@ -198,7 +257,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "cost.json"), "w") as f:
       json.dump(cost, f, indent=2)
+    if "rho" in state.aux:  # AFT: which teacher features the student was asked to keep
+      report = distiller.rho_report(state.aux["rho"])
+      with open(os.path.join(workdir, "rho.json"), "w") as f:
+        json.dump(report, f, indent=2)
+      np.save(os.path.join(workdir, "rho.npy"), np.asarray(distill.rho_weights(
+          jax.device_get(state.aux["rho"]))))
+      logging.info("AFT rho: %s", [(t["teacher"], round(t["mean"], 3),
+                                   t["fraction_above_0.5"]) for t in report["teachers"]])
   return Result(state=state, metrics=final_metrics)
+
+
+def _load_teachers(config) -> tuple[list, list]:
+  """The teachers of `teacher.models` (host arrays; the trainer places them) and, for each, a
+  record of exactly which weights were used (Hub commit, directory, run checkpoint step)."""
+  names = [n.strip() for n in config.teacher.models.split(",") if n.strip()]
+  loaded, records = [], []
+  for name in names:
+    directory = teachers.fetch_once(name)  # process 0 downloads first
+    loaded.append(teachers.load(str(directory), dtype=config.teacher.dtype,
+                                conv_impl=config.model.conv_impl, on_host=True))
+    record = teachers.source_record(name, directory)
+    ckpts = directory / "checkpoints"
+    if ckpts.is_dir():  # a kdjax run: which of its checkpoints
+      record["step"] = max((int(p.name) for p in ckpts.iterdir() if p.name.isdigit()),
+                           default=None)
+    records.append(record)
+  return loaded, records
 
 
 def _flops(jitted, *args) -> float:

@@ -46,9 +46,18 @@ def _random_resized_crop(image, key, size, scale, ratio):
 
 def augment(images_uint8, key, cfg):
   """uint8 [B,H,W,C] -> float32 [B,size,size,C] normalised, augmented per `cfg.augment`."""
+  return augment_keys(images_uint8, jax.random.split(key, images_uint8.shape[0]), cfg)
+
+
+def view_keys(seeds):
+  """Per-example keys of fixed augmented views (teacher cache): one int32 seed per view."""
+  return jax.vmap(jax.random.key)(seeds)
+
+
+def augment_keys(images_uint8, keys, cfg):
+  """As `augment`, with one key per example (a cached view is reproduced from its seed)."""
   size = cfg.image_size
   x = images_uint8.astype(jnp.float32)
-  keys = jax.random.split(key, x.shape[0])
   kind = cfg.augment.kind
   if kind == "crop_flip":
     if min(x.shape[1:3]) < size:

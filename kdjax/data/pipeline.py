@@ -46,6 +46,10 @@ class TrainInput:
     batch_sh, repl = shd.batch_sharding(mesh), shd.replicated(mesh)
     self._augment = jax.jit(functools.partial(augment.augment, cfg=cfg),
                             in_shardings=(batch_sh, repl), out_shardings=batch_sh)
+    self._augment_keys = jax.jit(
+        lambda images, seeds: augment.augment_keys(images, augment.view_keys(seeds), cfg),
+        in_shardings=(batch_sh, batch_sh), out_shardings=batch_sh)
+    self.cache = None
     if self.in_memory:
       images, labels = source.read(rows)
       self._images = shd.global_from_host(images, repl)  # [N,H,W,3] uint8, on every device
@@ -60,6 +64,39 @@ class TrainInput:
       self._pool = concurrent.futures.ThreadPoolExecutor(max(1, cfg.num_workers))
       self._pending: dict[int, concurrent.futures.Future] = {}
 
+  def attach_cache(self, cache) -> None:
+    """Train on cached teacher outputs (kdjax/teacher_cache.py): each example of an epoch
+    takes one of the cache's K augmented views (drawn from (seed, epoch)), augmented from that
+    view's seed exactly as when the teachers saw it, with the teachers' outputs for that view
+    in the batch ("teacher_features", "teacher_logits")."""
+    self.cache = cache
+    self._cached_views = (None, None)
+    if not self.in_memory:
+      return
+    repl, batch_sh = shd.replicated(self.mesh), shd.batch_sharding(self.mesh)
+    self._cache_arrays = {k: shd.global_from_host(v, repl) for k, v in cache.arrays.items()}
+    cfg = self.cfg
+
+    def gather_cached(images, labels, arrays, idx, views, seeds):
+      out = {"image": augment.augment_keys(images[idx], augment.view_keys(seeds), cfg),
+             "label": labels[idx]}
+      out.update({k: v[idx, views] for k, v in arrays.items()})
+      return out
+
+    self._gather_cached = jax.jit(gather_cached, in_shardings=(repl, repl, repl, batch_sh,
+                                                               batch_sh, batch_sh),
+                                  out_shardings=batch_sh)
+
+  def _views(self, step: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(view, augmentation seed) of each example of a step in cached mode."""
+    epoch = step // self.steps_per_epoch
+    if self._cached_views[0] != epoch:
+      k = self.cache.num_views
+      drawn = np.random.default_rng([self.seed, epoch, 1]).integers(0, k, self.num_examples)
+      self._cached_views = (epoch, drawn)
+    views = self._cached_views[1][positions].astype(np.int32)
+    return views, self.cache.seeds(positions, views)
+
   def _permutation(self, epoch: int) -> np.ndarray:
     if self._cached_epoch != epoch:  # one permutation per epoch, drawn once
       self._cached_epoch = epoch
@@ -72,6 +109,8 @@ class TrainInput:
     return self._permutation(epoch)[i * self.global_batch:(i + 1) * self.global_batch]
 
   def batch(self, step: int, key: jax.Array) -> dict:
+    if self.cache is not None:
+      return self._cached_batch(step)
     if self.in_memory:
       idx = shd.global_from_host(self.indices(step).astype(np.int32),
                                  shd.batch_sharding(self.mesh))
@@ -87,6 +126,21 @@ class TrainInput:
     images = shd.global_from_process_local(images, self.mesh)
     labels = shd.global_from_process_local(labels, self.mesh)
     return {"image": self._augment(images, key), "label": labels}
+
+  def _cached_batch(self, step: int) -> dict:
+    positions = self.indices(step)
+    views, seeds = self._views(step, positions)
+    batch_sh = shd.batch_sharding(self.mesh)
+    if self.in_memory:
+      put = lambda x: shd.global_from_host(x, batch_sh)  # noqa: E731
+      return self._gather_cached(self._images, self._labels, self._cache_arrays,
+                                 put(positions.astype(np.int32)), put(views), put(seeds))
+    local = shd.process_slice(self.global_batch)
+    images, labels = self.source.read(self.rows[positions[local]])
+    put = lambda x: shd.global_from_process_local(x, self.mesh)  # noqa: E731
+    out = {"image": self._augment_keys(put(images), put(seeds[local])), "label": put(labels)}
+    out.update({k: put(v[positions[local], views[local]]) for k, v in self.cache.arrays.items()})
+    return out
 
 
 @dataclasses.dataclass

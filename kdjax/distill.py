@@ -1,0 +1,248 @@
+"""Distillation inside the one trainer: frozen teachers as step inputs, the objective's terms,
+and the small trainable parameters the terms need (projection heads, AFT's rho, maps).
+
+The student's loss is `sum_k loss.<k>_weight * term_k` over
+  ce          cross-entropy on the labels
+  kd          Hinton KD on the teachers' task heads (several teachers: loss.kd_multi_teacher)
+  align/unif  paper A (Farhat & Chen, arXiv 2404.03263): the student's and the teacher's
+              penultimate features each through its own projection head, L2-normalised;
+              alignment of the pair, uniformity of each (student and teacher averaged)
+  aft         paper B (Qiu et al., arXiv 2406.07337): R between the student's features and the
+              rho-weighted teacher features (several teachers: concatenated)
+  feature_kd  paper B's baseline: a linear map from student to teacher features, MSE
+(formulas: kdjax/losses). Only terms with a non-zero weight are computed.
+
+Teachers are never differentiated: their variables are an input of the step (not state), they
+run in eval mode, and their outputs pass through `stop_gradient`. What trains besides the
+student lives in `state.aux`: {"student_proj", "teacher_proj"} (paper A, trained with the
+student's optimizer) and {"rho", "feature_kd"} (at `loss.prior_learning_rate`, see optim.py).
+
+Teacher and student see the same augmented image: the student's normalised batch is mapped back
+to pixels, resized on the device to each teacher's input size and normalised its way.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kdjax import losses
+from kdjax.losses.aft import KERNELS as AFT_KERNELS
+from kdjax.losses.kd import MULTI_TEACHER_MODES
+
+TERMS = ("ce", "kd", "align", "unif", "aft", "feature_kd")
+PROJECTION_HEADS = ("mlp", "linear")
+AFT_RHO = ("diagonal", "dense")
+TEACHER_MODES = ("online", "cached")
+
+
+def weights(loss_cfg) -> dict:
+  """term -> weight, for the terms with a non-zero weight (CE always listed, for logging)."""
+  out = {"ce": float(loss_cfg.ce_weight)}
+  for term in TERMS[1:]:
+    w = float(loss_cfg[f"{term}_weight"])
+    if w < 0:
+      raise ValueError(f"loss.{term}_weight must be >= 0, got {w}")
+    if w:
+      out[term] = w
+  return out
+
+
+def needs_teacher(loss_cfg) -> bool:
+  return len(weights(loss_cfg)) > 1
+
+
+class ProjectionHead(nn.Module):
+  """Paper A's embedding head: mlp = Linear(d,d)-ReLU-Linear(d,dim) ("mocov2"), or linear;
+  then L2-normalised (torch F.normalize: x / max(||x||, 1e-12))."""
+
+  kind: str = "mlp"
+  dim: int = 128
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.astype(jnp.float32)
+    if self.kind == "mlp":
+      x = nn.relu(nn.Dense(x.shape[-1], name="hidden")(x))
+    elif self.kind != "linear":
+      raise ValueError(f"unknown loss.proj_head {self.kind!r}; valid: {list(PROJECTION_HEADS)}")
+    x = nn.Dense(self.dim, name="out")(x)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherView:
+  """How one teacher sees the shared augmented image, and what it outputs."""
+
+  name: str
+  apply: object  # (variables, pixels) -> output dict (kdjax.teachers.Teacher.apply)
+  image_size: tuple
+  rescale: float
+  mean: tuple
+  std: tuple
+  num_features: int
+  num_logits: int | None  # width of its `logits` output (None: no head)
+
+
+def view_of(teacher) -> TeacherView:
+  """A `kdjax.teachers.Teacher`'s view; its output widths from an abstract forward pass."""
+  h, w = teacher.image_size
+  out = jax.eval_shape(lambda v, x: teacher.apply(v, x), teacher.variables,
+                       jax.ShapeDtypeStruct((2, h, w, 3), jnp.float32))
+  if "features" not in out:
+    raise ValueError(f"teacher {teacher.name!r} has no 'features' output")
+  logits = out.get("logits")
+  return TeacherView(
+      name=teacher.name, apply=teacher.apply, image_size=(h, w),
+      rescale=float(teacher.preprocess.rescale), mean=tuple(teacher.preprocess.mean),
+      std=tuple(teacher.preprocess.std), num_features=int(out["features"].shape[-1]),
+      num_logits=None if logits is None else int(logits.shape[-1]))
+
+
+def to_teacher_pixels(images, data_mean, data_std, view: TeacherView):
+  """The student's normalised batch [B,H,W,3] -> the teacher's normalised input at its size."""
+  x = (images.astype(jnp.float32) * jnp.asarray(data_std, jnp.float32)
+       + jnp.asarray(data_mean, jnp.float32)) * 255.0
+  h, w = view.image_size
+  if x.shape[1:3] != (h, w):
+    x = jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "linear", antialias=True)
+  return (x * view.rescale - jnp.asarray(view.mean, jnp.float32)) / jnp.asarray(
+      view.std, jnp.float32)
+
+
+class Distiller:
+  """The distillation part of the train step for a given loss config and set of teachers.
+
+  `views`: one TeacherView per teacher (the order of teacher.models). `cached`: the step reads
+  the teachers' outputs from the batch ("teacher_features", "teacher_logits"; teacher_cache.py)
+  instead of running them.
+  """
+
+  def __init__(self, loss_cfg, views: list, num_classes: int, student_features: int,
+               data_mean, data_std, cached: bool = False):
+    self.cfg, self.views, self.num_classes = loss_cfg, list(views), num_classes
+    self.student_features, self.cached = student_features, cached
+    self.data_mean, self.data_std = tuple(data_mean), tuple(data_std)
+    self.weights = weights(loss_cfg)
+    if len(self.weights) > 1 and not self.views:
+      raise ValueError(f"loss terms {sorted(set(self.weights) - {'ce'})} need teachers: set "
+                       "teacher.models (Hub ids, directories or kdjax run directories)")
+    self.num_teacher_features = sum(v.num_features for v in self.views)
+    # teachers with a head over the task's classes: KD targets, cached logits, teacher accuracy
+    self.kd_teachers = [i for i, v in enumerate(self.views) if v.num_logits == num_classes]
+    if "kd" in self.weights:
+      wrong = [f"{v.name!r} ({v.num_logits} classes)" for v in self.views
+               if v.num_logits != num_classes]
+      if wrong:
+        raise ValueError(
+            f"KD needs teacher heads with the task's {num_classes} classes; {', '.join(wrong)} "
+            "do not match: adapt each teacher to the task first (python -m kdjax.main "
+            "--config=configs/adapt.py:model=<hub id>,data=<task> --workdir=DIR) and pass DIR "
+            "in teacher.models, or set loss.kd_weight=0")
+      if loss_cfg.kd_multi_teacher not in MULTI_TEACHER_MODES:
+        raise ValueError(f"unknown loss.kd_multi_teacher {loss_cfg.kd_multi_teacher!r}; "
+                         f"valid: {list(MULTI_TEACHER_MODES)}")
+    if loss_cfg.aft_rho not in AFT_RHO:
+      raise ValueError(f"unknown loss.aft_rho {loss_cfg.aft_rho!r}; valid: {list(AFT_RHO)}")
+    if loss_cfg.aft_kernel not in AFT_KERNELS:
+      raise ValueError(f"unknown loss.aft_kernel {loss_cfg.aft_kernel!r}; "
+                       f"valid: {list(AFT_KERNELS)}")
+    self.uses_projection = "align" in self.weights or "unif" in self.weights
+    self.student_proj = ProjectionHead(loss_cfg.proj_head, loss_cfg.proj_dim)
+    self.teacher_proj = ProjectionHead(loss_cfg.proj_head, loss_cfg.proj_dim)
+
+  def init_aux(self, key) -> dict:
+    """The trainable distillation parameters (all {} for a CE-only run)."""
+    aux = {}
+    k_s, k_t, k_f = jax.random.split(key, 3)
+    d_g, d_phi = self.student_features, self.num_teacher_features
+    if self.uses_projection:
+      aux["student_proj"] = self.student_proj.init(k_s, jnp.zeros((1, d_g)))["params"]
+      aux["teacher_proj"] = self.teacher_proj.init(k_t, jnp.zeros((1, d_phi)))["params"]
+    if "aft" in self.weights:  # rho = sigmoid(0) = 0.5 (reference); dense: 0.5 * identity
+      aux["rho"] = (jnp.zeros((d_phi,)) if self.cfg.aft_rho == "diagonal"
+                    else 0.5 * jnp.eye(d_phi))
+    if "feature_kd" in self.weights:  # torch nn.Linear(d_g, d_phi)'s default init
+      bound = 1.0 / np.sqrt(d_g)
+      kw, kb = jax.random.split(k_f)
+      aux["feature_kd"] = {
+          "kernel": jax.random.uniform(kw, (d_g, d_phi), minval=-bound, maxval=bound),
+          "bias": jax.random.uniform(kb, (d_phi,), minval=-bound, maxval=bound)}
+    return aux
+
+  def teacher_outputs(self, teacher_vars, images) -> dict:
+    """Online: every teacher on the batch. {"features": [B, sum D], "logits": [B, T, C]}."""
+    feats, logits = [], []
+    for view, variables in zip(self.views, teacher_vars):
+      out = view.apply(variables, to_teacher_pixels(images, self.data_mean, self.data_std, view))
+      feats.append(out["features"].astype(jnp.float32))
+      if view.num_logits == self.num_classes:
+        logits.append(out["logits"].astype(jnp.float32))
+    out = {"features": jnp.concatenate(feats, axis=-1)}
+    if logits:
+      out["logits"] = jnp.stack(logits, axis=1)
+    return jax.tree.map(jax.lax.stop_gradient, out)
+
+  def outputs_for(self, teacher_vars, batch) -> dict:
+    if self.cached:
+      out = {"features": batch["teacher_features"]}
+      if "teacher_logits" in batch:
+        out["logits"] = batch["teacher_logits"]
+      return jax.tree.map(jax.lax.stop_gradient, out)
+    return self.teacher_outputs(teacher_vars, batch["image"])
+
+  def terms(self, aux, student_features, student_logits, tout) -> tuple[dict, dict]:
+    """(unweighted loss terms, extra metrics) of the non-CE terms with non-zero weight."""
+    cfg, w = self.cfg, self.weights
+    g, phi = student_features.astype(jnp.float32), tout["features"]
+    terms, metrics = {}, {}
+    if "kd" in w:
+      teacher_logits = [tout["logits"][:, i] for i in range(tout["logits"].shape[1])]
+      terms["kd"] = (losses.kd_kl(student_logits, teacher_logits[0], cfg.kd_temperature)
+                     if len(teacher_logits) == 1 else
+                     losses.multi_teacher_kd(student_logits, teacher_logits, cfg.kd_temperature,
+                                             cfg.kd_multi_teacher))
+    if self.uses_projection:
+      z_s = self.student_proj.apply({"params": aux["student_proj"]}, g)
+      z_t = self.teacher_proj.apply({"params": aux["teacher_proj"]}, phi)
+      if "align" in w:
+        terms["align"] = losses.alignment(z_s, z_t, cfg.align_alpha)
+      if "unif" in w:
+        metrics["unif_student"] = losses.uniformity(z_s, cfg.unif_t)
+        metrics["unif_teacher"] = losses.uniformity(z_t, cfg.unif_t)
+        terms["unif"] = 0.5 * (metrics["unif_student"] + metrics["unif_teacher"])
+    if "aft" in w:
+      terms["aft"] = losses.aft(g, phi, aux["rho"], cfg.aft_kernel)
+      metrics["rho_mean"] = jnp.mean(rho_weights(aux["rho"]))
+    if "feature_kd" in w:
+      fk = aux["feature_kd"]
+      terms["feature_kd"] = losses.feature_kd(g, phi, fk["kernel"], fk["bias"])
+    return terms, metrics
+
+  def teacher_predictions(self, teacher_vars, images):
+    """The teachers' task prediction [B] (argmax of the mean probability over KD teachers)."""
+    out = self.teacher_outputs(teacher_vars, images)
+    return jnp.argmax(jnp.mean(jax.nn.softmax(out["logits"], axis=-1), axis=1), axis=-1)
+
+  def rho_report(self, rho) -> dict:
+    """Which teacher features AFT kept: rho per feature, per teacher summaries."""
+    weights_ = np.asarray(jax.device_get(rho_weights(rho)), np.float64)
+    report, start = {"kind": self.cfg.aft_rho, "teachers": []}, 0
+    for view in self.views:
+      r = weights_[start:start + view.num_features]
+      start += view.num_features
+      report["teachers"].append({
+          "teacher": view.name, "num_features": view.num_features,
+          "mean": float(r.mean()), "std": float(r.std()),
+          "fraction_above_0.5": float(np.mean(r > 0.5)),
+          "top_features": np.argsort(-r)[:20].tolist()})
+    return report
+
+
+def rho_weights(rho):
+  """Per-feature weight: sigmoid(rho) (diagonal), or the row norms of the dense map."""
+  if rho.ndim == 1:
+    return jax.nn.sigmoid(rho)
+  return jnp.linalg.norm(rho, axis=-1)
