@@ -538,6 +538,6 @@ def _run_teacher(workdir: Path, run: dict, state: dict, preprocess: Preprocessin
   model, _ = models.build(model_cfg, num_classes)
   variables = {"params": params, "batch_stats": dict(state["batch_stats"] or {})}
   variables = _place(variables, mesh, param_sharding, fsdp_min_size, on_host)
-  return Teacher(name=str(workdir), directory=workdir, config={"model_type": "kdjax",
-                                                               "image_size": preprocess.resize[1][0]},
-                 module=model, variables=variables, preprocess=preprocess)
+  config = {"model_type": "kdjax", "image_size": preprocess.resize[1][0]}
+  return Teacher(name=str(workdir), directory=workdir, config=config, module=model,
+                 variables=variables, preprocess=preprocess)
