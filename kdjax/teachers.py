@@ -70,6 +70,11 @@ def _download_hint(repo_id: str) -> str:
           "and the same HF_HOME (or copy that cache here)")
 
 
+_LOCAL_HINT = (" (no local directory of that name exists either; a teacher adapted to the task "
+               "is made by `python -m kdjax.main --config=configs/adapt.py:model=<hub id>,"
+               "data=<task> --workdir=<dir>`)")
+
+
 def resolve(name_or_path: str, revision: str | None = None) -> Path:
   """A local directory as is; a Hub id -> its snapshot directory in the HF cache."""
   path = Path(os.path.expanduser(name_or_path))
@@ -90,7 +95,7 @@ def resolve(name_or_path: str, revision: str | None = None) -> Path:
     raise TeacherLoadError(
         f"teacher {name_or_path!r} is not in the HF cache ({constants.HF_HUB_CACHE}) and {why}: "
         f"run {_download_hint(name_or_path)}, or pass a local directory with config.json and "
-        f"{SAFETENSORS_NAME}") from e
+        f"{SAFETENSORS_NAME}{_LOCAL_HINT}") from e
   except errors.HFValidationError as e:
     raise TeacherLoadError(
         f"teacher {name_or_path!r} is neither a directory nor a valid Hub id "
@@ -99,7 +104,7 @@ def resolve(name_or_path: str, revision: str | None = None) -> Path:
     raise TeacherLoadError(
         f"teacher {name_or_path!r} (revision {revision or 'main'}) is not on the Hub or is "
         "private/gated (log in with `hf auth login`); check the id or pass a local "
-        "directory") from e
+        f"directory{_LOCAL_HINT}") from e
 
 
 def _is_hub_id(name_or_path: str) -> bool:
