@@ -27,7 +27,7 @@ ARMS = ("teacher", "scratch", "distill", "aft", "kd", "feature_kd")
 
 
 def get_config(arg=None):
-  arg = configlib.parse_arg(arg, runlocal=False, arm="distill", teacher_dir="runs/demo/teacher",
+  arg = configlib.parse_arg(arg, runlocal=False, arm="teacher", teacher_dir="runs/demo/teacher",
                             n_per_class=20)
   if arg.arm not in ARMS:
     raise ValueError(f"unknown demo arm {arg.arm!r}; valid: {list(ARMS)}")

@@ -35,7 +35,7 @@ def tiny_config(tfds_dir: str, **overrides):
   sys.path.insert(0, os.path.join(REPO, "configs"))
   import demo  # configs/demo.py
 
-  c = demo.get_config("runlocal")
+  c = demo.get_config("runlocal,arm=teacher")
   c.data.data_dir = tfds_dir
   c.data.load_size = 8
   c.data.image_size = 8
