@@ -145,7 +145,8 @@ def _compute(config, path, names, todo, rows, k, train_input, distiller, teacher
   job = jax.jit(job, in_shardings=(vars_sh, batch_sh, batch_sh), out_shardings=batch_sh)
   source = train_input.source
   h = w = None
-  t0, flops_per_batch = time.perf_counter(), None
+  t0, flops_per_batch = time.perf_counter(), None  # t0: start of the shard (its cost)
+  t_start = t0  # start of the job (progress rate and ETA)
   done_batches = 0
   total_batches = sum(-(-min(SHARD, len(rows) - i * SHARD) * k // batch) for i in todo)
   for i in todo:
@@ -173,7 +174,7 @@ def _compute(config, path, names, todo, rows, k, train_input, distiller, teacher
         logits.append(_to_host(out["logits"])[:len(sel)])
       done_batches += 1
       if done_batches % 20 == 0 or done_batches == total_batches:
-        elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t_start
         logging.info("teacher cache: %d/%d batches, %.1f views/s, ETA %.0fs", done_batches,
                      total_batches, done_batches * batch / elapsed,
                      elapsed / done_batches * (total_batches - done_batches))
