@@ -28,7 +28,7 @@ run costs ~3.4x the scratch run (about 2 h on one A100-class GPU); cached with 1
 teacher runs 500k times once and the steps cost the same as scratch.
 
 `:runlocal` shrinks it to a few steps with a small batch, for a CPU smoke test:
-  python -m kdjax.main --config=configs/resnet18_cifar.py:runlocal --workdir=/tmp/r18
+  python -m kdjax.main --config=configs/resnet18_cifar.py:arm=scratch,runlocal --workdir=/tmp/r18
 """
 
 from kdjax import configlib

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 
 import flax.serialization
 import jax
@@ -71,6 +72,9 @@ def spec(config, rows: np.ndarray, teacher_records: list, distiller) -> dict:
                "load_size": d.load_size, "image_size": d.image_size,
                "augment": d.augment.to_dict(), "mean": list(d.mean), "std": list(d.std)},
       "views": int(config.teacher.cache_views),
+      # what turns a view's seed into its crop/flip
+      "jax": {"version": jax.__version__, "prng": str(jax.config.jax_default_prng_impl),
+              "threefry_partitionable": bool(jax.config.jax_threefry_partitionable)},
       "features": distiller.num_teacher_features,
       "logit_teachers": len(distiller.kd_teachers),
       "num_classes": distiller.num_classes,
@@ -112,6 +116,9 @@ def build(config, workdir: str, train_input, distiller, teacher_vars, teacher_re
   num_shards = -(-len(rows) // SHARD)
   names = [os.path.join(path, f"shard-{i:05d}.array_record") for i in range(num_shards)]
   todo = [i for i, n in enumerate(names) if not os.path.isfile(n)]
+  if manifest is None and len(todo) < num_shards:
+    raise TeacherCacheError(f"{path} holds teacher cache shards but no cache.json saying what "
+                            "they were made from: delete the directory to rebuild the cache")
   if manifest is None:
     manifest = {"spec": want, "cost": {"wall_time_s": 0.0, "flops": 0.0}}
   if todo:
@@ -122,7 +129,7 @@ def build(config, workdir: str, train_input, distiller, teacher_vars, teacher_re
 
 def _write_manifest(path: str, manifest: dict) -> None:
   if jax.process_index() == 0:
-    tmp = os.path.join(path, "cache.json.tmp")
+    tmp = os.path.join(path, f".cache.json.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "w") as f:
       json.dump(manifest, f, indent=2)
     os.replace(tmp, os.path.join(path, "cache.json"))
@@ -181,7 +188,7 @@ def _compute(config, path, names, todo, rows, k, train_input, distiller, teacher
     feats = np.concatenate(feats)
     logits = np.concatenate(logits) if logits else None
     if jax.process_index() == 0:
-      tmp = names[i] + ".tmp"
+      tmp = f"{names[i]}.{os.getpid()}.{uuid.uuid4().hex}.tmp"  # unique: runs may share a cache
       writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
       for j in range(len(pos)):
         record = {"position": int(pos[j]), "row": int(rows[pos[j]]), "view": int(views[j]),
@@ -208,11 +215,15 @@ def _load(names, rows, k, distiller, manifest) -> Cache:
   logits = np.zeros((n, k, t, distiller.num_classes), np.float32) if t else None
   seen = np.zeros((n, k), bool)
   for name in names:
-    reader = array_record_module.ArrayRecordReader(name)
     try:
-      records = reader.read_all()
-    finally:
-      reader.close()
+      reader = array_record_module.ArrayRecordReader(name)
+      try:
+        records = reader.read_all()
+      finally:
+        reader.close()
+    except Exception as e:  # noqa: BLE001
+      raise TeacherCacheError(f"teacher cache shard {name} cannot be read ({e}): delete it and "
+                              "start again to recompute only that shard") from e
     for raw in records:
       try:
         r = flax.serialization.msgpack_restore(raw)
@@ -229,8 +240,9 @@ def _load(names, rows, k, distiller, manifest) -> Cache:
       seen[p, v] = True
   if not seen.all():
     missing = int((~seen).sum())
-    raise TeacherCacheError(f"the teacher cache in {os.path.dirname(names[0])} misses {missing} "
-                            "views: delete its incomplete shards and start again")
+    bad = sorted({names[p // SHARD] for p in np.nonzero(~seen.all(axis=1))[0]})
+    raise TeacherCacheError(f"the teacher cache misses {missing} views: delete {bad[:5]} and "
+                            "start again to recompute them")
   arrays = {"teacher_features": feats}
   if logits is not None:
     arrays["teacher_logits"] = logits

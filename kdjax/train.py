@@ -8,6 +8,7 @@ global batch is sharded, the state replicated, the state buffer donated. The sam
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import time
@@ -151,6 +152,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+    if teacher_records:  # the exact teachers (source, revision / run step, weights' sha1)
+      with open(os.path.join(workdir, "teachers.json"), "w") as f:
+        json.dump(teacher_records, f, indent=2)
     if config.model.pretrained:  # the exact weights (Hub commit / absolute path) it started from
       with open(os.path.join(workdir, "pretrained.json"), "w") as f:
         json.dump(teachers.source_record(config.model.pretrained, pretrained_dir), f, indent=2)
@@ -278,6 +282,11 @@ def _load_teachers(config) -> tuple[list, list]:
     loaded.append(teachers.load(str(directory), dtype=config.teacher.dtype,
                                 conv_impl=config.model.conv_impl, on_host=True))
     record = teachers.source_record(name, directory)
+    # the weights themselves: a directory re-saved, or a run trained on, is another teacher
+    digest = hashlib.sha1()
+    for leaf in jax.tree.leaves(loaded[-1].variables):
+      digest.update(np.ascontiguousarray(leaf).tobytes())
+    record["weights_sha1"] = digest.hexdigest()
     ckpts = directory / "checkpoints"
     if ckpts.is_dir():  # a kdjax run: which of its checkpoints
       record["step"] = max((int(p.name) for p in ckpts.iterdir() if p.name.isdigit()),
