@@ -661,3 +661,25 @@ def test_a_kdjax_run_loads_as_a_teacher_with_its_students_logits(cached_runs, tf
   distiller = distill.Distiller(config.loss, [view], NUM_CLASSES, 64, config.data.mean,
                                 config.data.std)
   assert distiller.kd_teachers == [0]
+
+
+def test_cached_streaming_run_resumes_to_the_in_memory_runs_state(cached_runs, teacher_dirs,
+                                                                   tfds_dir, tmp_path,
+                                                                   monkeypatch):
+  """A cached distillation run (state.aux: rho; the views drawn per epoch) killed after its
+  step-2 checkpoint and resumed, reading images from disk (data.in_memory=False), ends where
+  run1 (in memory, uninterrupted, same cache) ended."""
+  root, _ = cached_runs
+  monkeypatch.setattr(teacher_cache, "SHARD", CACHE_SHARD)
+  config = _config(tfds_dir, **CACHED, **{"teacher.models": teacher_dirs["ten"],
+                                         "teacher.cache_dir": str(root / "cache"),
+                                         "data.in_memory": False})
+  train.train_and_evaluate(config, str(tmp_path))
+  shutil.rmtree(tmp_path / "checkpoints" / "4")  # as if killed after the step-2 checkpoint
+  resumed = train.train_and_evaluate(config, str(tmp_path)).state
+  assert "rho" in resumed.aux
+  want = _leaves(_read(root / "run1_state.msgpack"))
+  got = _leaves({"params": resumed.params, "batch_stats": resumed.batch_stats})
+  assert want.keys() == got.keys()
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6, err_msg=k)
