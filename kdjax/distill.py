@@ -186,11 +186,11 @@ class Distiller:
     return jax.tree.map(jax.lax.stop_gradient, out)
 
   def outputs_for(self, teacher_vars, batch) -> dict:
-    if self.cached:
+    if self.cached:  # data, like the images: nothing to stop a gradient from
       out = {"features": batch["teacher_features"]}
       if "teacher_logits" in batch:
         out["logits"] = batch["teacher_logits"]
-      return jax.tree.map(jax.lax.stop_gradient, out)
+      return out
     return self.teacher_outputs(teacher_vars, batch["image"])
 
   def terms(self, aux, student_features, student_logits, tout) -> tuple[dict, dict]:
@@ -226,9 +226,8 @@ class Distiller:
     out = self.teacher_outputs(teacher_vars, images)
     return jnp.argmax(jnp.mean(jax.nn.softmax(out["logits"], axis=-1), axis=1), axis=-1)
 
-  def rho_report(self, rho) -> dict:
-    """Which teacher features AFT kept: rho per feature, per teacher summaries."""
-    weights_ = np.asarray(jax.device_get(rho_weights(rho)), np.float64)
+  def rho_report(self, weights_: np.ndarray) -> dict:
+    """Which teacher features AFT kept, from the per-feature weights (`rho_weights`)."""
     report, start = {"kind": self.cfg.aft_rho, "teachers": []}, 0
     for view in self.views:
       r = weights_[start:start + view.num_features]

@@ -50,6 +50,18 @@ def merge(frozen, params, batch_stats) -> dict:
           "batch_stats": {**frozen.get("batch_stats", {}), **batch_stats}}
 
 
+def xla_flops(jitted, *args) -> float:
+  """Global FLOPs of one call, from XLA's cost analysis of the (unpartitioned) lowered HLO."""
+  lowered = jitted.lower(*args)
+  try:
+    analysis = lowered.cost_analysis()
+  except (AttributeError, NotImplementedError):  # not every jax/backend offers the HLO count
+    analysis = lowered.compile().cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # some jax versions return one dict per computation
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", 0.0))
+
+
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
   """Per-example CE [B] with optional label smoothing."""
   targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)

@@ -32,6 +32,7 @@ from absl import logging
 from array_record.python import array_record_module
 
 from kdjax import sharding as shd
+from kdjax import steps
 from kdjax.data import augment
 
 SHARD = 1024  # training positions per shard
@@ -166,15 +167,15 @@ def _compute(config, path, names, todo, rows, k, train_input, distiller, teacher
     for start in range(0, len(pos), batch):
       sel = np.arange(start, min(start + batch, len(pos)))
       pad = np.concatenate([sel, np.full(batch - len(sel), sel[0])])
-      images, _ = source.read(rows[pos[pad]])
+      local = shd.process_slice(batch)
+      images, _ = source.read(rows[pos[pad][local]])  # this process's rows only
       if h is None:
         h, w = images.shape[1:3]
         images_sds = jax.ShapeDtypeStruct((batch, h, w, images.shape[3]), images.dtype,
                                           sharding=batch_sh)
         seeds_sds = jax.ShapeDtypeStruct((batch,), np.int32, sharding=batch_sh)
-        flops_per_batch = _flops(job, teacher_vars, images_sds, seeds_sds)
-      local = shd.process_slice(batch)
-      out = job(teacher_vars, shd.global_from_process_local(images[local], mesh),
+        flops_per_batch = steps.xla_flops(job, teacher_vars, images_sds, seeds_sds)
+      out = job(teacher_vars, shd.global_from_process_local(images, mesh),
                 shd.global_from_process_local(seeds[pad][local], mesh))
       feats.append(_to_host(out["features"])[:len(sel)])
       if "logits" in out:
@@ -248,7 +249,3 @@ def _load(names, rows, k, distiller, manifest) -> Cache:
     arrays["teacher_logits"] = logits
   return Cache(rows, k, arrays, manifest)
 
-
-def _flops(jitted, *args) -> float:
-  from kdjax.train import _flops as flops  # one implementation of XLA's count
-  return flops(jitted, *args)

@@ -535,11 +535,10 @@ def _run_teacher(workdir: Path, run: dict, state: dict, preprocess: Preprocessin
   model_cfg.dtype = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
   model_cfg.conv_impl = conv_impl
   params = dict(state["params"])
-  head = [v for k, v in params.items() if k == "head"]
-  if not head:
+  if "head" not in params:
     raise TeacherLoadError(f"{workdir}: cannot find the classifier head of model "
                            f"{model_cfg.name!r} in its checkpoint")
-  num_classes = int(head[0]["kernel"].shape[-1])
+  num_classes = int(params["head"]["kernel"].shape[-1])
   model, _ = models.build(model_cfg, num_classes)
   variables = {"params": params, "batch_stats": dict(state["batch_stats"] or {})}
   variables = _place(variables, mesh, param_sharding, fsdp_min_size, on_host)

@@ -6,6 +6,7 @@ global batch is sharded, the state replicated, the state buffer donated. The sam
 1 CPU, N fake CPU devices, a GPU, a TPU pod slice or several processes under `jax.distributed`.
 """
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -169,22 +170,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
       batch[k] = jax.ShapeDtypeStruct((size,) + v.shape[2:], np.float32, sharding=batch_sh)
     return batch
 
-  flops_per_step = _flops(train_step, state, abstract_batch(config.batch_size), dropout_key,
-                          frozen, step_teacher_vars)
+  flops_per_step = steps.xla_flops(train_step, state, abstract_batch(config.batch_size),
+                                   dropout_key, frozen, step_teacher_vars)
   if cache is not None:  # what the same step would cost with the teachers run online
-    online = distill.Distiller(config.loss, distiller.views, data.num_classes,
-                               distiller.student_features, config.data.mean, config.data.std)
+    online = copy.copy(distiller)
+    online.cached = False
     online_step = jax.jit(steps.make_train_step(model, tx, config.loss, data.num_classes,
                                                 online))
-    cost["online_teacher_flops_per_train_step"] = _flops(
+    cost["online_teacher_flops_per_train_step"] = steps.xla_flops(
         online_step, state, abstract_batch(config.batch_size, cached=False), dropout_key,
         frozen, teacher_vars)
     cost["teacher_cache_flops"] = cache_cost["flops"]
     cost["teacher_cache_wall_time_s"] = cache_cost["wall_time_s"]
     logging.info("cached teachers: %.3g FLOPs per step instead of %.3g online", flops_per_step,
                  cost["online_teacher_flops_per_train_step"])
-  eval_flops_per_batch = _flops(eval_step, eval_variables(state),
-                                abstract_batch(config.eval_batch_size, with_mask=True))
+  eval_flops_per_batch = steps.xla_flops(eval_step, eval_variables(state),
+                                         abstract_batch(config.eval_batch_size, with_mask=True))
   logging.info("XLA cost analysis: %.3g FLOPs per train step (global batch %d)",
                flops_per_step, config.batch_size)
 
@@ -202,7 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
       if predict_teacher is not None and name not in teacher_preds:
         teacher_preds[name] = classification.teacher_predictions(predict_teacher, teacher_vars,
                                                                  ev)
-        cost["eval_flops"] += ev.num_batches * _flops(
+        cost["eval_flops"] += ev.num_batches * steps.xla_flops(
             predict_teacher, teacher_vars, abstract_batch(config.eval_batch_size)["image"])
       for k, v in classification.evaluate(eval_step, variables, ev,
                                           teacher_preds.get(name)).items():
@@ -262,11 +263,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
     with open(os.path.join(workdir, "cost.json"), "w") as f:
       json.dump(cost, f, indent=2)
     if "rho" in state.aux:  # AFT: which teacher features the student was asked to keep
-      report = distiller.rho_report(state.aux["rho"])
+      rho = np.asarray(jax.device_get(distill.rho_weights(state.aux["rho"])), np.float64)
+      report = distiller.rho_report(rho)
       with open(os.path.join(workdir, "rho.json"), "w") as f:
         json.dump(report, f, indent=2)
-      np.save(os.path.join(workdir, "rho.npy"), np.asarray(distill.rho_weights(
-          jax.device_get(state.aux["rho"]))))
+      np.save(os.path.join(workdir, "rho.npy"), rho)
       logging.info("AFT rho: %s", [(t["teacher"], round(t["mean"], 3),
                                    t["fraction_above_0.5"]) for t in report["teachers"]])
   return Result(state=state, metrics=final_metrics)
@@ -293,18 +294,6 @@ def _load_teachers(config) -> tuple[list, list]:
                            default=None)
     records.append(record)
   return loaded, records
-
-
-def _flops(jitted, *args) -> float:
-  """Global FLOPs of one call, from XLA's cost analysis of the (unpartitioned) lowered HLO."""
-  lowered = jitted.lower(*args)
-  try:
-    analysis = lowered.cost_analysis()
-  except (AttributeError, NotImplementedError):  # not every jax/backend offers the HLO count
-    analysis = lowered.compile().cost_analysis()
-  if isinstance(analysis, (list, tuple)):  # some jax versions return one dict per computation
-    analysis = analysis[0] if analysis else {}
-  return float((analysis or {}).get("flops", 0.0))
 
 
 def _check_finite(step: int, means: dict) -> None:
