@@ -145,10 +145,47 @@ def base() -> ml_collections.ConfigDict:
   # auto: a pre-trained model (model.pretrained) gets its own checkpoint's mean/std (from its
   # preprocessor_config.json), written back into the run's config.json | config: data.mean/std
   c.data.normalization = "auto"
+  # Synthetic images (kdjax.generate output directories, comma-separated) concatenated with the
+  # real training rows, as paper A does; validation and test stay real.
+  c.data.synthetic = ""
+  c.data.synthetic_per_class = config_dict.placeholder(int)  # use at most n per class of each
+  # True: synthetic images are labelled by their prompt's class | False: unlabelled (no CE;
+  # they only feed the distillation terms)
+  c.data.synthetic_labels = True
   c.data.augment = ml_collections.ConfigDict()
   c.data.augment.kind = "crop_flip"  # crop_flip | rrc_flip | none
   c.data.augment.pad = 4
   c.data.augment.flip = True
   c.data.augment.scale = (0.08, 1.0)
   c.data.augment.ratio = (3 / 4, 4 / 3)
+  return c
+
+
+def generate_base() -> ml_collections.ConfigDict:
+  """Config of `python -m kdjax.generate` (configs/synth/*.py): the real dataset (its class
+  names, and with synth.multiple its per-class training counts, selected exactly as the trainer
+  selects them) and the Stable Diffusion sampling."""
+  c = ml_collections.ConfigDict()
+  c.data = base().data
+  c.synth = ml_collections.ConfigDict()
+  c.synth.pipeline = "CompVis/stable-diffusion-v1-4"  # Hub id or local diffusers-layout dir
+  c.synth.revision = "bf16"  # the Hub branch with bf16 Flax weights ("flax": float32)
+  c.synth.dtype = "bfloat16"  # compute and weight dtype: bfloat16 | float32
+  c.synth.scheduler = "dpm_multistep"  # dpm_multistep (DPM-Solver++ 2M) | ddim | pndm
+  c.synth.num_inference_steps = 25
+  c.synth.guidance_scale = 7.5  # classifier-free guidance; <= 1 disables it (one UNet pass)
+  c.synth.negative_prompt = ""  # the unconditional prompt of guidance
+  c.synth.resolution = 512  # generated size (Stable Diffusion v1: 512)
+  c.synth.image_size = 0  # stored size; 0: the real dataset's (if fixed and square) else resolution
+  c.synth.resize_method = "lanczos3"  # jax.image.resize method, antialiased
+  c.synth.encoding = "png"  # png (lossless) | jpeg
+  c.synth.jpeg_quality = 95
+  c.synth.templates = ("a picture of a {c}",)  # class i's n-th image uses template n mod len
+  c.synth.rename = ()  # ("class_name=prompt words", ...): better words for awkward label names
+  c.synth.exclude_classes = ()  # label names that get no synthetic image
+  c.synth.images_per_class = 0  # set this ...
+  c.synth.multiple = 0.0  # ... or this: x the real training count of each class (paper: 1, 2)
+  c.synth.seed = 0
+  c.synth.batch_per_device = 8
+  c.synth.shard_size = 256  # images per shard: the unit of resumption
   return c
