@@ -68,9 +68,13 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def make_train_step(model, tx, loss_cfg, num_classes: int, distiller=None) -> Callable:
+def make_train_step(model, tx, loss_cfg, num_classes: int, distiller=None,
+                    partial_labels: bool = False) -> Callable:
   """(state, batch, key, frozen, teacher_vars) -> (state, metrics).
 
+  `partial_labels`: label -1 marks an unlabelled example (synthetic images with
+  data.synthetic_labels=False): CE and accuracy average over the labelled ones only, the
+  distillation terms over all.
   `frozen`: variables that are inputs, not state (see `create_train_state`); {} for most.
   `distiller` (kdjax/distill.py): the teachers and the distillation terms; None: CE only.
   `teacher_vars`: the teachers' variables (a list, [] without online teachers): an input, so
@@ -84,15 +88,21 @@ def make_train_step(model, tx, loss_cfg, num_classes: int, distiller=None) -> Ca
         mutable=["batch_stats"], rngs={"dropout": rng})
     new_stats = {k: v for k, v in new_vars.get("batch_stats", {}).items()
                  if k not in frozen.get("batch_stats", {})}
-    terms = {"ce": cross_entropy(logits, batch["label"], num_classes,
-                                 loss_cfg.label_smoothing).mean()}
+    ce = cross_entropy(logits, batch["label"], num_classes, loss_cfg.label_smoothing)
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    if partial_labels:
+      labelled = (batch["label"] >= 0).astype(jnp.float32)
+      count = jnp.maximum(labelled.sum(), 1.0)
+      terms = {"ce": jnp.sum(ce * labelled) / count}
+      accuracy = jnp.sum(correct * labelled) / count
+    else:
+      terms, accuracy = {"ce": ce.mean()}, correct.mean()
     metrics = {}
     if distiller is not None and len(weights) > 1:
       tout = distiller.outputs_for(teacher_vars, batch)
       more, metrics = distiller.terms(trainable["aux"], out["pre_logits"], logits, tout)
       terms.update(more)
     loss = sum(weights[k] * v for k, v in terms.items())
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     return loss, (new_stats, {"loss": loss, **terms, **metrics, "accuracy": accuracy})
 
   def train_step(state: TrainState, batch, key, frozen, teacher_vars=()):

@@ -61,6 +61,17 @@ def directory(config, workdir: str) -> str:
   return config.teacher.cache_dir or os.path.join(workdir, "teacher_cache")
 
 
+def _synthetic_identity(path: str) -> str:
+  """A synthetic dataset by content: the sha1 of its generation spec (kdjax.generate's
+  generate.json, which holds the plan's and the pipeline weights' sha1) or of its TFDS info."""
+  path = os.path.expanduser(path.strip())
+  for name in ("generate.json", "dataset_info.json"):
+    if os.path.isfile(os.path.join(path, name)):
+      with open(os.path.join(path, name), "rb") as f:
+        return f"{name}:{hashlib.sha1(f.read()).hexdigest()}"
+  return path
+
+
 def spec(config, rows: np.ndarray, teacher_records: list, distiller) -> dict:
   """Everything the cached outputs depend on (compared when a cache is reused)."""
   d = config.data
@@ -71,7 +82,9 @@ def spec(config, rows: np.ndarray, teacher_records: list, distiller) -> dict:
       "data": {"name": d.name, "split": d.train_split, "num_examples": int(len(rows)),
                "rows_sha1": hashlib.sha1(np.asarray(rows, np.int64).tobytes()).hexdigest(),
                "load_size": d.load_size, "image_size": d.image_size,
-               "augment": d.augment.to_dict(), "mean": list(d.mean), "std": list(d.std)},
+               "augment": d.augment.to_dict(), "mean": list(d.mean), "std": list(d.std),
+               "synthetic": [_synthetic_identity(p) for p in d.synthetic.split(",") if p],
+               "synthetic_per_class": d.synthetic_per_class},
       "views": int(config.teacher.cache_views),
       # what turns a view's seed into its crop/flip
       "jax": {"version": jax.__version__, "prng": str(jax.config.jax_default_prng_impl),

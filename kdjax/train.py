@@ -124,8 +124,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
                f"{num_params:,}", f"{num_frozen:,}")
 
   # ---------------------------------------------------------------- Steps
+  partial_labels = bool(config.data.synthetic) and not config.data.synthetic_labels
+  if partial_labels and (distiller is None or len(distiller.weights) < 2):
+    raise ValueError("data.synthetic_labels=False leaves the synthetic images unlabelled, so "
+                     "only distillation terms can use them: set a loss.*_weight (kd, align, "
+                     "unif, aft, feature_kd) and teacher.models, or data.synthetic_labels=True")
   train_step = jax.jit(
-      steps.make_train_step(model, tx, config.loss, data.num_classes, distiller),
+      steps.make_train_step(model, tx, config.loss, data.num_classes, distiller,
+                            partial_labels),
       in_shardings=(state_sh, batch_sh, repl, frozen_sh, step_teacher_sh),
       out_shardings=(state_sh, repl), donate_argnums=0)
 
@@ -176,7 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
     online = copy.copy(distiller)
     online.cached = False
     online_step = jax.jit(steps.make_train_step(model, tx, config.loss, data.num_classes,
-                                                online))
+                                                online, partial_labels))
     cost["online_teacher_flops_per_train_step"] = steps.xla_flops(
         online_step, state, abstract_batch(config.batch_size, cached=False), dropout_key,
         frozen, teacher_vars)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import jax
 import numpy as np
+from absl import logging
 
 from kdjax import sharding as shd
 from kdjax.data import augment, sources
@@ -193,6 +194,30 @@ class Data:
   class_names: list
 
 
+def with_synthetic(real: sources.Source, rows: np.ndarray, cfg):
+  """(source, rows): the real training rows followed by those of each `data.synthetic`
+  directory (at most `data.synthetic_per_class` per class: the first ones of the generation's
+  plan). Validation and test splits stay real."""
+  parts, all_rows, offset = [real], [rows], len(real)
+  for directory in filter(None, (d.strip() for d in cfg.synthetic.split(","))):
+    synth = sources.open_synthetic(directory, cfg, real)
+    chosen = np.arange(len(synth))
+    if cfg.synthetic_per_class:
+      labels = synth.labels()
+      keep = np.zeros(len(chosen), bool)
+      for c in np.unique(labels):
+        keep[np.flatnonzero(labels == c)[:cfg.synthetic_per_class]] = True
+      chosen = chosen[keep]
+    parts.append(synth)
+    all_rows.append(offset + chosen)
+    offset += len(synth)
+  unlabelled = () if cfg.synthetic_labels else tuple(range(1, len(parts)))
+  logging.info("training rows: %d real + %d synthetic (%s, %s)", len(rows),
+               sum(len(r) for r in all_rows[1:]), cfg.synthetic,
+               "labelled" if cfg.synthetic_labels else "unlabelled: distillation terms only")
+  return sources.ConcatSource(parts, unlabelled), np.concatenate(all_rows)
+
+
 def build(cfg, mesh, seed: int, global_batch: int, eval_batch: int) -> Data:
   """Opens the configured TFDS dataset and builds its train/val/test inputs."""
   shd.check_global_batch(global_batch, mesh, "batch_size")
@@ -203,7 +228,10 @@ def build(cfg, mesh, seed: int, global_batch: int, eval_batch: int) -> Data:
     train_rows, val_rows = sources.split_train_val(train_src.labels(), cfg, cfg.subset_seed)
   else:
     train_rows, val_rows = np.arange(len(train_src)), np.arange(0)
-  train = TrainInput(train_src, train_rows, cfg, mesh, global_batch, seed)
+  source = train_src
+  if cfg.synthetic:
+    source, train_rows = with_synthetic(train_src, train_rows, cfg)
+  train = TrainInput(source, train_rows, cfg, mesh, global_batch, seed)
   evals = {}
   if len(val_rows):
     evals["val"] = EvalInput(train_src, val_rows, cfg, mesh, eval_batch)

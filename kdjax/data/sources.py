@@ -107,6 +107,63 @@ def open_source(cfg, split: str) -> Source:
                 keep_in_memory=cfg.in_memory)
 
 
+def open_synthetic(directory: str, cfg, real: Source) -> Source:
+  """A `kdjax.generate` output (any TFDS dataset directory) whose ClassLabel names must equal the
+  real dataset's, so a synthetic label means the same class."""
+  path = os.path.expanduser(directory)
+  if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+    spec = os.path.join(path, "generate.json")
+    raise ValueError(
+        f"data.synthetic {directory!r} is not a finished TFDS dataset directory (no "
+        "dataset_info.json)" + (": its generation has not finished; run the same "
+        "`python -m kdjax.generate ... --workdir` again to complete it" if os.path.exists(spec)
+        else ": write one with `python -m kdjax.generate --config=configs/synth/<task>.py "
+        f"--workdir={directory}`"))
+  builder = tfds.builder_from_directory(path)
+  names = list(builder.info.features["label"].names)
+  if names != real.class_names:
+    raise ValueError(f"data.synthetic {directory!r} has classes {names[:5]}... but "
+                     f"{real.name} has {real.class_names[:5]}...: generate it from "
+                     f"{real.name}'s class names (synth config data.name={real.name!r})")
+  return Source(name=f"{real.name}+{builder.info.name}", split="train",
+                records=builder.as_data_source(split="train"), num_classes=real.num_classes,
+                class_names=names, load_size=cfg.load_size or None, keep_in_memory=cfg.in_memory)
+
+
+@dataclasses.dataclass
+class ConcatSource:
+  """Sources end to end: row r of part i is global row offsets[i] + r. Rows of parts listed in
+  `unlabelled` read with label -1 (the trainer's CE skips them)."""
+
+  parts: list
+  unlabelled: tuple = ()
+
+  def __post_init__(self):
+    self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+    first = self.parts[0]
+    self.name, self.split = first.name, first.split
+    self.num_classes, self.class_names = first.num_classes, first.class_names
+
+  def __len__(self) -> int:
+    return int(self.offsets[-1])
+
+  def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+    indices = np.asarray(indices, np.int64)
+    part = np.searchsorted(self.offsets, indices, side="right") - 1
+    images, labels = [None] * len(indices), np.zeros(len(indices), np.int32)
+    for i in np.unique(part):
+      where = np.flatnonzero(part == i)
+      im, lb = self.parts[i].read(indices[where] - self.offsets[i])
+      labels[where] = -1 if i in self.unlabelled else lb
+      for j, w in enumerate(where):
+        images[w] = im[j]
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+      raise ValueError(f"real and synthetic images differ in size {sorted(shapes)}: set "
+                       "--config.data.load_size (or generate at the real size: synth.image_size)")
+    return (np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8)), labels
+
+
 def split_train_val(labels: np.ndarray, cfg, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """Deterministic, class-stratified train / validation / data-limited selection.
 
