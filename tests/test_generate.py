@@ -1,0 +1,222 @@
+"""The synthetic-data stage (kdjax/generate.py) on a tiny randomly initialised Stable Diffusion
+built here (tiny UNet, VAE, CLIP text encoder, a byte-level tokenizer vocabulary): prompts and
+labels from the real dataset's class names, TFDS output read back, training on the mix, and a
+generation killed part-way then resumed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, tiny_config
+
+SHARD = 8
+PER_CLASS = 4  # 40 images, 5 shards
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+  from kdjax import generate
+  return str(generate.save_random_pipeline(tmp_path_factory.mktemp("tiny_sd"), "tiny"))
+
+
+def synth_config(tfds_dir, pipeline, **overrides):
+  sys.path.insert(0, os.path.join(REPO, "configs", "synth"))
+  import digits  # configs/synth/digits.py
+
+  c = digits.get_config(f"images_per_class={PER_CLASS}")
+  c.data.data_dir = tfds_dir
+  c.synth.pipeline = pipeline
+  c.synth.shard_size = SHARD
+  c.synth.batch_per_device = 4
+  for k, v in overrides.items():
+    c.synth[k] = v
+  return c
+
+
+@pytest.fixture(scope="module")
+def generated(tfds_dir, tiny_sd, tmp_path_factory):
+  from kdjax import generate
+  out = tmp_path_factory.mktemp("synth")
+  report = generate.generate(synth_config(tfds_dir, tiny_sd), str(out))
+  return str(out), report
+
+
+def read_all(directory):
+  import tensorflow_datasets as tfds
+  builder = tfds.builder_from_directory(directory)
+  ds = builder.as_data_source(split="train")
+  return builder, [ds[i] for i in range(len(ds))]
+
+
+def test_generated_dataset_reads_back_through_tfds_with_labels_prompts_and_seeds(
+    generated, tfds_dir, tiny_sd):
+  from kdjax import generate
+  directory, report = generated
+  builder, examples = read_all(directory)
+  names = [str(i) for i in range(10)]
+  assert builder.info.features["label"].names == names  # kdjax_digits' ClassLabel names
+  assert builder.info.splits["train"].shard_lengths == [SHARD] * 5
+  assert len(examples) == report["num_images"] == 10 * PER_CLASS
+  templates = ("a handwritten digit {c}", "the number {c}")
+  for k, ex in enumerate(examples):  # classes interleaved; n-th image of a class: template n % 2
+    label, n = k % 10, k // 10
+    assert ex["index"] == k and ex["label"] == label
+    assert ex["prompt"].decode() == templates[n % 2].format(c=names[label])
+    assert ex["seed"] == generate.image_seed(0, k)
+    assert ex["image"].shape == (8, 8, 3) and ex["image"].dtype == np.uint8  # the real size
+  images = np.stack([ex["image"] for ex in examples]).astype(np.float32)
+  assert images.std(axis=0).mean() > 5  # different seeds give different images
+  assert report["flops_per_image"] > 0 and report["images_per_s"] > 0
+
+
+def test_an_image_depends_only_on_its_prompt_and_seed(generated, tiny_sd):
+  """Image k regenerated alone (batch of 1, other batch mates) from its stored prompt and seed
+  equals the stored one: the seed column reproduces the dataset."""
+  import jax
+
+  from kdjax import generate
+  directory, _ = generated
+  _, examples = read_all(directory)
+  cfg = synth_config("", tiny_sd).synth
+  pipe = generate.load_pipeline(generate.resolve(tiny_sd, None), cfg.scheduler, cfg.dtype)
+  sample = jax.jit(generate.make_sampler(pipe, cfg, 8))
+  picks = [3, 17, 38]
+  ids = generate.tokenize(pipe, [examples[k]["prompt"].decode() for k in picks])
+  negative = generate.tokenize(pipe, [""])
+  seeds = np.asarray([examples[k]["seed"] for k in picks], np.int32)
+  again = np.asarray(sample(pipe.params, ids, negative, seeds))
+  for j, k in enumerate(picks):
+    diff = np.abs(again[j].astype(int) - examples[k]["image"].astype(int))
+    assert diff.max() <= 1, (k, diff.max())  # PNG is lossless; 1: float rounding at .5
+
+
+def test_training_runs_on_real_plus_synthetic_rows(generated, tfds_dir, tmp_path):
+  from kdjax import train
+  from kdjax.data import pipeline
+  directory, _ = generated
+  config = tiny_config(tfds_dir, **{"data.synthetic": directory})
+  real = pipeline.build(tiny_config(tfds_dir).data, _mesh(), 0, 16, 32).train
+  mixed = pipeline.build(config.data, _mesh(), 0, 16, 32)
+  assert mixed.train.num_examples == real.num_examples + 10 * PER_CLASS
+  synth_rows = mixed.train.rows[real.num_examples:]
+  images, labels = mixed.train.source.read(synth_rows)
+  _, examples = read_all(directory)
+  np.testing.assert_array_equal(labels, [ex["label"] for ex in examples])
+  np.testing.assert_array_equal(images, np.stack([ex["image"] for ex in examples]))
+
+  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert int(result.state.step) == config.total_steps
+  assert np.isfinite(result.metrics["test/loss"])
+
+
+def test_unlabelled_synthetic_rows_skip_cross_entropy(generated, tfds_dir):
+  from kdjax.data import pipeline
+  directory, _ = generated
+  cfg = tiny_config(tfds_dir, **{"data.synthetic": directory, "data.synthetic_labels": False,
+                                 "data.synthetic_per_class": 2}).data
+  train = pipeline.build(cfg, _mesh(), 0, 16, 32).train
+  n_real = len(train.rows) - 20
+  _, labels = train.source.read(train.rows)
+  assert (labels[:n_real] >= 0).all() and (labels[n_real:] == -1).all()
+
+  import jax.numpy as jnp
+
+  from kdjax import steps
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(6, 10)), jnp.float32)
+  label = jnp.asarray([1, -1, 3, -1, -1, 9])
+  ce = steps.cross_entropy(logits[jnp.asarray([0, 2, 5])], label[jnp.asarray([0, 2, 5])], 10)
+  got = _ce_of_step(logits, label)
+  np.testing.assert_allclose(got, float(ce.mean()), rtol=1e-6)
+
+
+def test_killed_generation_resumes_without_duplicates_or_losses(generated, tfds_dir, tiny_sd,
+                                                               tmp_path):
+  """SIGKILL after the fifth batch (two shards) is logged; the directory is not a dataset
+  yet; a shard corrupted on disk is regenerated; the resumed output equals the uninterrupted
+  one."""
+  import tensorflow_datasets as tfds
+
+  reference, _ = generated
+  work = tmp_path / "killed"
+  cmd = [sys.executable, "-m", "kdjax.generate", "--config=configs/synth/digits.py:"
+         f"images_per_class={PER_CLASS}", f"--workdir={work}",
+         f"--config.synth.pipeline={tiny_sd}", f"--config.data.data_dir={tfds_dir}",
+         f"--config.synth.shard_size={SHARD}", "--config.synth.batch_per_device=4"]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO,
+                                                  KDJAX_GENERATE_THROTTLE_S="0.5"),
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    for line in proc.stderr:
+      if "generated 20/40 images" in line:
+        proc.send_signal(signal.SIGKILL)
+        break
+  finally:
+    proc.kill()
+    proc.wait()
+  shards = sorted(work.glob("*.array_record-*"))
+  assert 1 <= len(shards) < 5, [s.name for s in shards]  # killed part-way
+  assert not (work / "dataset_info.json").exists()
+  with pytest.raises(OSError, match="dataset info"):  # a partial run is not a dataset
+    tfds.builder_from_directory(str(work))
+  kept = {s.name: s.stat().st_ino for s in shards[1:]}
+  shards[0].write_bytes(shards[0].read_bytes()[:100])  # a shard corrupted on disk
+  (work / ".stale.array_record.tmp-0").write_bytes(b"half")  # a killed writer's leftover
+
+  from kdjax import generate
+  report = generate.generate(synth_config(tfds_dir, tiny_sd), str(work))
+  assert report["generated_this_run"] == 40 - SHARD * len(kept)
+  assert {s.name: s.stat().st_ino for s in work.glob("*.array_record-*")
+          if s.name in kept} == kept  # finished shards kept, not rewritten
+  assert not list(work.glob(".*tmp*"))
+  _, resumed = read_all(str(work))
+  _, uninterrupted = read_all(reference)
+  assert [ex["index"] for ex in resumed] == list(range(40))  # each once, none missing
+  for a, b in zip(resumed, uninterrupted):
+    assert (a["label"], a["prompt"], a["seed"]) == (b["label"], b["prompt"], b["seed"])
+    assert np.abs(a["image"].astype(int) - b["image"].astype(int)).max() <= 1
+
+  other = synth_config(tfds_dir, tiny_sd, guidance_scale=3.0)
+  with pytest.raises(generate.GenerateError, match="different setup.*guidance_scale"):
+    generate.generate(other, str(work))
+  assert json.loads((work / "generate.json").read_text())["guidance_scale"] == 7.5
+
+
+def test_offline_hub_miss_names_the_download_command(monkeypatch):
+  from kdjax import generate
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+  with pytest.raises(generate.GenerateError, match="hf download CompVis/stable-diffusion-v1-4 "
+                                                   "--revision bf16"):
+    generate.resolve("CompVis/stable-diffusion-v1-4", "bf16")
+
+
+def _mesh():
+  from kdjax import sharding
+  return sharding.make_mesh()
+
+
+def _ce_of_step(logits, label):
+  """The train step's CE with partial labels, through a one-parameter 'model'."""
+  import flax.linen as nn
+  import jax
+  import ml_collections
+  import optax
+
+  from kdjax import steps
+
+  class Fixed(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      b = self.param("b", nn.initializers.zeros, ())
+      return logits + b, {"pre_logits": logits}
+
+  model, tx = Fixed(), optax.sgd(0.0)
+  state = steps.create_train_state(model, tx, (1,), jax.random.key(0))
+  cfg = ml_collections.ConfigDict({"ce_weight": 1.0, "label_smoothing": 0.0})
+  step = steps.make_train_step(model, tx, cfg, 10, partial_labels=True)
+  _, metrics = step(state, {"image": np.zeros((6, 1)), "label": label}, jax.random.key(0), {})
+  return float(metrics["ce"])
