@@ -50,8 +50,12 @@ def test_one_and_eight_devices_give_the_same_run(tfds_dir, tmp_path):
 
 
 def test_resume_continues_exactly_where_the_checkpoint_left_off(tfds_dir, tmp_path):
-  """A run resumed from its step-2 checkpoint ends bit-identical to an uninterrupted one."""
-  full, _ = _train(tfds_dir, tmp_path / "full")
+  """A run resumed from its step-2 checkpoint ends bit-identical to an uninterrupted one.
+
+  The uninterrupted run also checks the logs, retention (max_to_keep=1) and the cost record;
+  evaluating every 2 steps does not change training."""
+  full, _ = _train(tfds_dir, tmp_path / "full", max_to_keep=1, eval_every_steps=2)
+  _check_logs_checkpoints_and_cost(tmp_path / "full")
   _train(tfds_dir, tmp_path / "cut")
   ckpts = tmp_path / "cut" / "checkpoints"
   assert sorted(os.listdir(ckpts)) == ["2", "4"]
@@ -70,17 +74,15 @@ def test_resume_continues_exactly_where_the_checkpoint_left_off(tfds_dir, tmp_pa
       4 * info["metrics"]["cost/flops_per_train_step"])
 
 
-def test_logs_checkpoints_and_cost_record(tfds_dir, tmp_path):
-  _, info = _train(tfds_dir, tmp_path / "run", max_to_keep=1, eval_every_steps=2)
-  rows = _metrics(tmp_path / "run")
+def _check_logs_checkpoints_and_cost(run):
+  rows = _metrics(run)
   assert all("step" in r for r in rows)
   assert {"train/loss", "steps_per_s", "images_per_s"} <= set(rows[0])
   assert [r["step"] for r in rows if "val/accuracy" in r] == [2, 4]
   assert [r["step"] for r in rows if "cost/total_flops" in r] == [4]
-  assert os.listdir(tmp_path / "run" / "checkpoints") == ["4"]  # max_to_keep=1
-  assert any(f.startswith("events.out.tfevents")
-             for f in os.listdir(tmp_path / "run" / "tensorboard"))
-  with open(tmp_path / "run" / "cost.json") as f:
+  assert os.listdir(run / "checkpoints") == ["4"]  # max_to_keep=1
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(run / "tensorboard"))
+  with open(run / "cost.json") as f:
     cost = json.load(f)
   # ResNet-18 at width 8 on 8 px: ~1.1 MFLOP forward per image (2 x MACs, padding excluded by
   # XLA); a train step of 16 images is forward + backward, 2-3x that: 3.3e7 measured.
