@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from conftest import REPO, tiny_config
 
+from kdjax import runtime
+
 SHARD = 8
 PER_CLASS = 4  # 40 images, 5 shards
 
@@ -135,7 +137,7 @@ def test_unlabelled_synthetic_rows_skip_cross_entropy(generated, tfds_dir):
 
 def test_killed_generation_resumes_without_duplicates_or_losses(generated, tfds_dir, tiny_sd,
                                                                tmp_path):
-  """SIGKILL after the fifth batch (two shards) is logged; the directory is not a dataset
+  """SIGKILL after the second batch (two shards) of a 2-device run is logged; the directory is not a dataset
   yet; a shard corrupted on disk is regenerated; the resumed output equals the uninterrupted
   one."""
   import tensorflow_datasets as tfds
@@ -146,12 +148,16 @@ def test_killed_generation_resumes_without_duplicates_or_losses(generated, tfds_
          f"images_per_class={PER_CLASS}", f"--workdir={work}",
          f"--config.synth.pipeline={tiny_sd}", f"--config.data.data_dir={tfds_dir}",
          f"--config.synth.shard_size={SHARD}", "--config.synth.batch_per_device=4"]
+  # Two devices (a global batch of 8 sharded 4 + 4), resumed below on one: the images depend
+  # on prompt and seed only, not on the device count or batch.
+  two_devices = runtime.with_cpu_flags("--xla_force_host_platform_device_count=2")
   proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO,
+                                                  XLA_FLAGS=two_devices,
                                                   KDJAX_GENERATE_THROTTLE_S="0.5"),
                           stderr=subprocess.PIPE, text=True)
   try:
     for line in proc.stderr:
-      if "generated 20/40 images" in line:
+      if "generated 16/40 images" in line:
         proc.send_signal(signal.SIGKILL)
         break
   finally:
