@@ -137,9 +137,9 @@ def test_unlabelled_synthetic_rows_skip_cross_entropy(generated, tfds_dir):
 
 def test_killed_generation_resumes_without_duplicates_or_losses(generated, tfds_dir, tiny_sd,
                                                                tmp_path):
-  """SIGKILL after the second batch (two shards) of a 2-device run is logged; the directory is not a dataset
-  yet; a shard corrupted on disk is regenerated; the resumed output equals the uninterrupted
-  one."""
+  """SIGKILL after the second batch (two shards) of a 2-device run is logged; the directory
+  is not a dataset yet; a shard corrupted on disk is regenerated; the resumed output equals
+  the uninterrupted one."""
   import tensorflow_datasets as tfds
 
   reference, _ = generated
@@ -226,3 +226,62 @@ def _ce_of_step(logits, label):
   step = steps.make_train_step(model, tx, cfg, 10, partial_labels=True)
   _, metrics = step(state, {"image": np.zeros((6, 1)), "label": label}, jax.random.key(0), {})
   return float(metrics["ce"])
+
+
+@pytest.mark.parametrize("scheduler", ["dpm_multistep"])
+def test_sampler_matches_diffusers_own_flax_pipeline(tiny_sd, scheduler):
+  """Independent reference: diffusers 0.39's FlaxStableDiffusionPipeline._generate (its
+  pmap-free core) from the same initial latents gives the same images."""
+  import jax
+  import ml_collections
+
+  from kdjax import generate
+  diffusers, _ = generate.import_diffusers()
+  pipe = generate.load_pipeline(generate.resolve(tiny_sd, None), scheduler, "float32")
+  cfg = ml_collections.ConfigDict({"resolution": 16, "num_inference_steps": 5,
+                                   "guidance_scale": 7.5, "resize_method": "lanczos3"})
+  ids = generate.tokenize(pipe, ["a handwritten digit 3", "the number 7"])
+  seeds = np.asarray([11, 12], np.int32)
+  ours = np.asarray(jax.jit(generate.make_sampler(pipe, cfg, 16))(
+      pipe.params, ids, generate.tokenize(pipe, [""]), seeds))
+  reference = diffusers.FlaxStableDiffusionPipeline(
+      vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+      scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None)
+  latents = jax.vmap(lambda s: jax.random.normal(jax.random.key(s), (4, 8, 8)))(seeds)
+  generate_jit = jax.jit(reference._generate, static_argnums=(3, 4, 5, 6))
+  theirs = generate_jit(ids, pipe.params, None, 5, 16, 16, 7.5, latents)
+  theirs = np.round(np.asarray(theirs) * 255).astype(int)
+  assert np.abs(ours.astype(int) - theirs).max() <= 1
+
+
+def test_plan_counts_follow_the_real_training_selection(tfds_dir):
+  from kdjax import generate
+  c = synth_config(tfds_dir, "unused")
+  c.synth.images_per_class = 0
+  c.synth.multiple = 2.0
+  c.synth.exclude_classes = ("7",)
+  c.data.n_per_class = 3  # the trainer's data-limited selection: 3 real images per digit
+  names, real_counts, size = generate.real_dataset(c)
+  counts = generate.class_counts(c, names, real_counts)
+  assert size == 8 and list(real_counts) == [3] * 10
+  assert list(counts) == [6] * 7 + [0] + [6] * 2
+  plan = generate.make_plan(names, counts, ("{c} texture",), 0, {"9": "nine"})
+  assert len(plan) == 54 and 7 not in plan.labels
+  assert plan.prompts[:3] == ["0 texture", "1 texture", "2 texture"]
+  assert plan.prompts[8] == "nine texture"
+  assert len(set(plan.seeds.tolist())) == 54
+
+
+@pytest.mark.parametrize("task", ["dtd", "caltech101", "mit_indoor67", "cifar100"])
+def test_paper_a_synth_configs_select_what_training_selects(task):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("synth_paper_a", os.path.join(
+      REPO, "configs", "synth", "paper_a.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import paper_a
+  synth = module.get_config(f"task={task},multiple=2")
+  assert synth.data.to_dict() == paper_a.get_config(f"data={task}").data.to_dict()
+  assert synth.synth.multiple == 2 and "{c}" in synth.synth.templates[0]
+  assert all("=" in r for r in synth.synth.rename)
