@@ -9,7 +9,8 @@ with classifier-free guidance, VAE decode, resize, uint8), jitted over a global 
 all devices; the pipeline is built by `generate.save_random_pipeline` (`tiny`: the test
 pipeline, 16 px; `sd-v1`: Stable Diffusion v1's architecture with random weights). Compilation
 is excluded (one warm-up batch); the figure is the median over `repeats` batches. FLOPs per
-image come from XLA's cost analysis of the same program; images per 1,000 in hours follows.
+image come from XLA's cost analysis of the same program (one and two steps lowered, extrapolated
+to all steps: XLA counts a loop body once); hours per 1,000 images follow.
 """
 
 import argparse
@@ -44,7 +45,7 @@ def main():
   import ml_collections
   import numpy as np
 
-  from kdjax import generate, steps
+  from kdjax import generate
   from kdjax import sharding as shd
 
   directory = args.pipeline_dir or tempfile.mkdtemp()
@@ -71,10 +72,8 @@ def main():
     return shd.global_from_host(np.arange(i * global_batch, (i + 1) * global_batch,
                                           dtype=np.int32), batch_sh)
 
-  # The loop unrolled for counting: XLA's cost analysis counts a loop body once.
-  flops = steps.xla_flops(jax.jit(generate.make_sampler(pipe, synth, args.image_size or resolution,
-                                                        unroll=True)),
-                          params, ids, negative, seeds(0))
+  flops = generate.sampler_flops(pipe, synth, args.image_size or resolution, params, ids,
+                                 negative, seeds(0))
   t = time.perf_counter()
   jax.block_until_ready(sampler(params, ids, negative, seeds(0)))
   compile_s = time.perf_counter() - t

@@ -148,7 +148,9 @@ def base() -> ml_collections.ConfigDict:
   # Synthetic images (kdjax.generate output directories, comma-separated) concatenated with the
   # real training rows, as paper A does; validation and test stay real.
   c.data.synthetic = ""
-  c.data.synthetic_per_class = config_dict.placeholder(int)  # use at most n per class of each
+  # Use a part of each synthetic set, per class, in generation order (e.g. a 2x set as 1x):
+  c.data.synthetic_per_class = config_dict.placeholder(int)  # at most n per class, or
+  c.data.synthetic_fraction = config_dict.placeholder(float)  # this fraction of each class
   # True: synthetic images are labelled by their prompt's class | False: unlabelled (no CE;
   # they only feed the distillation terms)
   c.data.synthetic_labels = True

@@ -33,6 +33,7 @@ import json
 import logging as std_logging
 import os
 import re
+import shutil
 import sys
 import time
 import uuid
@@ -142,6 +143,13 @@ def real_dataset(config):
   from kdjax.data import sources
 
   builder = sources._builder(config.data)
+  if not builder.is_prepared():  # e.g. cifar100's names are read from its files at preparation
+    raise GenerateError(
+        f"dataset {config.data.name!r} is not prepared under "
+        f"{config.data.data_dir or '$TFDS_DATA_DIR (~/tensorflow_datasets)'}: prompts use its "
+        "ClassLabel names (and synth.multiple its class counts), so prepare it first: "
+        f"`tfds build {config.data.name} --file_format=array_record` (needs tensorflow-cpu "
+        "and network once; README 'Data'), or set data.data_dir")
   label = builder.info.features["label"]
   names = list(label.names)
   shape = builder.info.features["image"].shape
@@ -173,6 +181,10 @@ def class_counts(config, names, real_counts) -> np.ndarray:
                         f"(its classes: {names[:12]}{' ...' if len(names) > 12 else ''})")
   for name in s.exclude_classes:
     counts[names.index(name)] = 0
+  unknown = sorted(set(parse_rename(s.rename)) - set(names))
+  if unknown:
+    raise GenerateError(f"synth.rename names {unknown}, not classes of {config.data.name} "
+                        f"(its classes: {names[:12]}{' ...' if len(names) > 12 else ''})")
   return counts
 
 
@@ -206,12 +218,14 @@ def resolve(source: str, revision: str | None) -> Path:
   except errors.LocalEntryNotFoundError as e:
     why = "HF_HUB_OFFLINE=1" if offline else "the Hub could not be reached"
     raise GenerateError(f"pipeline {source!r} (revision {revision or 'main'}) is not in the HF "
-                        f"cache ({constants.HF_HUB_CACHE}) and {why}: run {hint}") from e
+                        f"cache ({constants.HF_HUB_CACHE}) and {why}, and no local directory "
+                        f"{str(path)!r} exists: run {hint}") from e
   except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError,
           errors.HFValidationError) as e:
-    raise GenerateError(f"pipeline {source!r} (revision {revision or 'main'}) is not on the Hub "
-                        "or is gated (accept its licence and `hf auth login`); check the id and "
-                        "synth.revision, or pass a local directory") from e
+    raise GenerateError(f"pipeline {source!r} (revision {revision or 'main'}) is neither a local "
+                        f"directory ({str(path)!r} does not exist) nor on the Hub (or it is "
+                        "gated: accept its licence and `hf auth login`); check the path, the id "
+                        "and synth.revision") from e
 
 
 def check_layout(directory: Path, source: str) -> None:
@@ -230,13 +244,20 @@ def check_layout(directory: Path, source: str) -> None:
     raise GenerateError(f"pipeline {source!r} at {directory} lacks {missing}: {fix}")
 
 
-def weights_sha1(directory: Path) -> str:
-  h = hashlib.sha1()
+def pipeline_sha1(directory: Path) -> dict:
+  """The pipeline by content: its Flax weights, and its configs, tokenizer and scheduler files
+  (so a moved or re-downloaded copy of the same pipeline resumes a generation)."""
+  weights, configs = hashlib.sha1(), hashlib.sha1()
   for part, name in sorted(FLAX_WEIGHTS.items()):
     with open(directory / part / name, "rb") as f:
       while chunk := f.read(1 << 24):
-        h.update(chunk)
-  return h.hexdigest()
+        weights.update(chunk)
+  for path in sorted(p for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+                     for p in (directory / part).glob("*.json")) + [
+                         directory / "tokenizer" / "merges.txt"]:
+    configs.update(path.relative_to(directory).as_posix().encode())
+    configs.update(path.read_bytes())
+  return {"weights_sha1": weights.hexdigest(), "configs_sha1": configs.hexdigest()}
 
 
 @dataclasses.dataclass
@@ -270,8 +291,10 @@ def load_pipeline(directory: Path, scheduler: str, dtype: str) -> Pipeline:
   vae, vae_params = diffusers.FlaxAutoencoderKL.from_pretrained(directory, subfolder="vae", **kw)
   text_encoder = transformers.FlaxCLIPTextModel.from_pretrained(directory / "text_encoder", **kw)
   tokenizer = transformers.CLIPTokenizer.from_pretrained(directory / "tokenizer")
+  # DDIM's clip_sample (default True) would clip latents to [-1, 1]: never right for SD.
+  extra = {"clip_sample": False} if scheduler == "ddim" else {}
   sched, sched_state = getattr(diffusers, SCHEDULERS[scheduler]).from_pretrained(
-      directory, subfolder="scheduler", local_files_only=True)
+      directory, subfolder="scheduler", local_files_only=True, **extra)
 
   def cast(tree):
     return jax.tree.map(lambda x: jnp.asarray(x, jdtype) if jnp.issubdtype(
@@ -288,13 +311,15 @@ def tokenize(pipe: Pipeline, prompts) -> np.ndarray:
                         truncation=True, return_tensors="np").input_ids, np.int32)
 
 
-def make_sampler(pipe: Pipeline, synth, out_size: int, unroll: bool = False):
+def make_sampler(pipe: Pipeline, synth, out_size: int, count_trips: int | None = None):
   """f(params, prompt_ids [B,L], negative_ids [1,L], seeds [B]) -> uint8 images [B,S,S,3].
 
   Pure and jittable: the initial latents of image b are normal(key(seeds[b])), so an image
-  depends on its own seed and prompt only, not on its batch or device. `unroll`: the
-  scheduler's steps as straight-line code instead of a loop; only for counting FLOPs (XLA's
-  cost analysis counts a loop's body once)."""
+  depends on its own seed and prompt (up to float rounding, which can differ with the batch
+  size, dtype and device). The loop runs over all of the scheduler's timesteps (PNDM without
+  its PRK steps has num_inference_steps + 1, as diffusers' PyTorch pipeline runs them).
+  `count_trips`: run only that many steps, as straight-line code: for counting FLOPs
+  (`sampler_flops`), since XLA's cost analysis counts a loop's body once."""
   import jax
   import jax.numpy as jnp
 
@@ -308,13 +333,16 @@ def make_sampler(pipe: Pipeline, synth, out_size: int, unroll: bool = False):
   scaling = pipe.vae.config.scaling_factor
   sched = pipe.scheduler
 
+  def pairs(x):  # [B, 2, ...] -> [2B, ...]: example b's two rows stay on b's device
+    return x.reshape((-1,) + x.shape[2:])
+
   def sample(params, ids, negative_ids, seeds):
     encode = lambda t: pipe.text_encoder(t, params=params["text_encoder"])[0]  # noqa: E731
     context = encode(ids)
     batch = ids.shape[0]
-    if cfg_guidance:
+    if cfg_guidance:  # rows 2b, 2b+1: example b unconditional, conditional
       negative = jnp.broadcast_to(encode(negative_ids), context.shape)
-      context = jnp.concatenate([negative, context])
+      context = pairs(jnp.stack([negative, context], axis=1))
     latents = jax.vmap(lambda s: jax.random.normal(jax.random.key(s), latent_shape))(seeds)
     state = sched.set_timesteps(params["scheduler"], num_inference_steps=steps,
                                 shape=latents.shape)
@@ -323,18 +351,23 @@ def make_sampler(pipe: Pipeline, synth, out_size: int, unroll: bool = False):
     def body(i, carry):
       latents, state = carry
       t = jnp.asarray(state.timesteps, jnp.int32)[i]
-      x = jnp.concatenate([latents] * 2) if cfg_guidance else latents
+      x = pairs(jnp.stack([latents, latents], axis=1)) if cfg_guidance else latents
       x = sched.scale_model_input(state, x, t)
       eps = pipe.unet.apply({"params": params["unet"]}, x,
                             jnp.full((x.shape[0],), t, jnp.int32),
                             encoder_hidden_states=context).sample.astype(jnp.float32)
       if cfg_guidance:
-        uncond, cond = jnp.split(eps, 2)
+        eps = eps.reshape((batch, 2) + eps.shape[1:])
+        uncond, cond = eps[:, 0], eps[:, 1]
         eps = uncond + guidance * (cond - uncond)
       latents, state = sched.step(state, eps, t, latents).to_tuple()
       return latents, state
 
-    latents, _ = jax.lax.fori_loop(0, steps, body, (latents, state), unroll=unroll or None)
+    if count_trips is None:
+      latents, _ = jax.lax.fori_loop(0, state.timesteps.shape[0], body, (latents, state))
+    else:
+      for i in range(count_trips):
+        latents, state = body(i, (latents, state))
     image = pipe.vae.apply({"params": params["vae"]}, latents / scaling,
                            method=pipe.vae.decode).sample
     image = jnp.transpose(image.astype(jnp.float32) / 2 + 0.5, (0, 2, 3, 1))
@@ -344,6 +377,25 @@ def make_sampler(pipe: Pipeline, synth, out_size: int, unroll: bool = False):
     return jnp.round(jnp.clip(image, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
   return sample
+
+
+def num_trips(pipe: Pipeline, synth) -> int:
+  """How many UNet steps the sampler runs (the scheduler's timesteps)."""
+  state = pipe.scheduler.set_timesteps(pipe.params["scheduler"], synth.num_inference_steps,
+                                       (1, 4, 8, 8))
+  return int(state.timesteps.shape[0])
+
+
+def sampler_flops(pipe: Pipeline, synth, out_size: int, *args) -> float:
+  """XLA's FLOPs of one sampler call on `args` (arrays or ShapeDtypeStructs): the programs with
+  one and two straight-line steps are lowered (not compiled) and extrapolated to every step."""
+  import jax
+
+  from kdjax import steps as steps_lib
+
+  one, two = (steps_lib.xla_flops(jax.jit(make_sampler(pipe, synth, out_size, count_trips=k)),
+                                  *args) for k in (1, 2))
+  return one + (num_trips(pipe, synth) - 1) * (two - one)
 
 
 # ---------------------------------------------------------------------------------- the output
@@ -428,8 +480,6 @@ class ShardWriter:
 
   def finalize(self, shard_lengths, description: str, metadata: dict) -> None:
     """Writes the TFDS metadata; dataset_info.json (which makes the directory a dataset) last."""
-    import shutil
-
     import tensorflow_datasets as tfds
     from etils import epath
     from tensorflow_datasets.core import dataset_info, file_adapters, naming, splits
@@ -463,12 +513,15 @@ def _json(obj):
   return json.loads(json.dumps(obj))
 
 
-def spec_of(config, source_record: dict, plan: Plan, names, counts, out_size: int) -> dict:
-  """Everything that decides the images (not the batch size or the device count)."""
+def spec_of(config, pipeline: dict, plan: Plan, names, counts, real_counts,
+            out_size: int) -> dict:
+  """Everything that decides the images (not the batch size or the device count). Keys with a
+  leading '_' are provenance, not compared on resume (a moved copy of the same pipeline)."""
   s = config.synth
   return _json({
       "format": 1,
-      "pipeline": source_record,
+      "pipeline": {k: v for k, v in pipeline.items() if k.endswith("sha1")},
+      "_pipeline_source": {k: v for k, v in pipeline.items() if not k.endswith("sha1")},
       "dtype": s.dtype, "scheduler": s.scheduler, "num_inference_steps": s.num_inference_steps,
       "guidance_scale": s.guidance_scale, "negative_prompt": s.negative_prompt,
       "resolution": s.resolution, "image_size": out_size, "resize_method": s.resize_method,
@@ -476,6 +529,10 @@ def spec_of(config, source_record: dict, plan: Plan, names, counts, out_size: in
       "templates": list(s.templates), "seed": s.seed, "shard_size": s.shard_size,
       "real_dataset": config.data.name, "class_names": list(names),
       "counts": [int(c) for c in counts], "num_images": len(plan), "plan_sha1": plan.sha1(),
+      # synth.multiple: the real per-class training counts it multiplied (the trainer warns
+      # when its own selection differs)
+      "multiple": s.multiple or None,
+      "real_counts": None if real_counts is None else [int(c) for c in real_counts],
   })
 
 
@@ -483,7 +540,8 @@ def _check_spec(workdir: Path, want: dict) -> None:
   path = workdir / SPEC_FILE
   if path.exists():
     have = json.loads(path.read_text())
-    diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    diff = sorted(k for k in set(have) | set(want)
+                  if not k.startswith("_") and have.get(k) != want.get(k))
     if diff:
       raise GenerateError(
           f"{workdir} holds a generation with a different setup (differs in {diff}); use a new "
@@ -493,6 +551,15 @@ def _check_spec(workdir: Path, want: dict) -> None:
   tmp = path.with_name(f".{SPEC_FILE}.tmp-{uuid.uuid4().hex[:8]}")
   tmp.write_text(json.dumps(want, indent=2))
   os.replace(tmp, path)
+
+
+def _from_process_0(value):
+  """`value` as process 0 has it (every process calls this at the same point)."""
+  import jax
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(value)))
 
 
 def _hms(seconds: float) -> str:
@@ -506,7 +573,6 @@ def generate(config, workdir: str) -> dict:
   from absl import logging
 
   from kdjax import sharding as shd
-  from kdjax import steps as steps_lib
 
   s = config.synth
   work = Path(workdir)
@@ -525,13 +591,23 @@ def generate(config, workdir: str) -> dict:
 
   directory = resolve(s.pipeline, s.revision or None)
   check_layout(directory, s.pipeline)
-  source_record = {"source": s.pipeline, "revision": s.revision or None,
-                   "weights_sha1": weights_sha1(directory)}
-  spec = spec_of(config, source_record, plan, names, counts, out_size)
+  spec = spec_of(config, {"source": s.pipeline, "revision": s.revision or None,
+                          **pipeline_sha1(directory)}, plan, names, counts, real_counts,
+                 out_size)
+  # Process 0 alone touches the directory (a shared filesystem in multi-process runs); the
+  # others follow its decisions.
+  refused = None
   if jax.process_index() == 0:
-    _check_spec(work, spec)
-  for stale in work.glob(".*.tmp-*"):  # a killed run's unfinished shard: never part of the set
-    stale.unlink(missing_ok=True)
+    for stale in work.glob(".*.tmp-*"):  # a killed run's unfinished file: never part of the set
+      stale.unlink(missing_ok=True)
+    for stale in work.glob(".metadata-*"):
+      shutil.rmtree(stale, ignore_errors=True)
+    try:
+      _check_spec(work, spec)
+    except GenerateError as e:
+      refused = e
+  if not _from_process_0(refused is None):
+    raise refused or GenerateError(f"process 0 refused {workdir}: see its log")
 
   shard_size = int(s.shard_size)
   num_shards = -(-len(plan) // shard_size)
@@ -539,10 +615,12 @@ def generate(config, workdir: str) -> dict:
   name = dataset_name(config.data.name)
   feats = features(names, out_size, s.encoding)
   writer = ShardWriter(work, name, num_shards, feats, s.encoding, s.jpeg_quality)
-  todo = np.asarray([not writer.complete(i, lengths[i]) for i in range(num_shards)])
-  if jax.process_count() > 1:  # process 0's view of the (shared) directory decides
-    from jax.experimental import multihost_utils
-    todo = np.asarray(multihost_utils.broadcast_one_to_all(todo))
+  todo = np.zeros(num_shards, bool)
+  if jax.process_index() == 0:
+    todo = np.asarray([not writer.complete(i, lengths[i]) for i in range(num_shards)])
+    if todo.any():  # a finished set being repaired is no dataset until it is whole again
+      (work / "dataset_info.json").unlink(missing_ok=True)
+  todo = _from_process_0(todo)
   todo_images = np.concatenate([np.arange(i * shard_size, i * shard_size + lengths[i])
                                 for i in np.flatnonzero(todo)] or [np.zeros(0, np.int64)])
   logging.info("plan: %d images of %d classes (%s), %d shards, %d done, %d images to generate",
@@ -558,12 +636,15 @@ def generate(config, workdir: str) -> dict:
   if len(todo_images):
     pipe = load_pipeline(directory, s.scheduler, s.dtype)
     repl, batch_sh = shd.replicated(mesh), shd.batch_sharding(mesh)
-    params = jax.device_put(pipe.params, repl)
+    # Host copies placed as global arrays (diffusers commits its weights to one device, which
+    # cannot be device_put onto a multi-process sharding).
+    host = jax.tree.map(np.asarray, pipe.params)
+    params = shd.put_global(host, jax.tree.map(lambda _: repl, host))
     sampler = jax.jit(make_sampler(pipe, s, out_size),
                       in_shardings=(repl, batch_sh, repl, batch_sh), out_shardings=batch_sh)
     ids = tokenize(pipe, plan.prompts)
     negative = tokenize(pipe, [s.negative_prompt])
-    negative = jax.device_put(negative, repl)
+    negative = shd.global_from_host(negative, repl)
     seeds = plan.seeds.astype(np.int32)
 
     def launch(b):
@@ -574,9 +655,9 @@ def generate(config, workdir: str) -> dict:
 
     num_batches = -(-len(todo_images) // global_batch)
     abstract = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32, sharding=batch_sh)  # noqa
-    report["flops_per_image"] = steps_lib.xla_flops(  # unrolled: XLA counts a loop body once
-        jax.jit(make_sampler(pipe, s, out_size, unroll=True)), params,
-        abstract(global_batch, ids.shape[1]), negative, abstract(global_batch)) / global_batch
+    report["flops_per_image"] = sampler_flops(
+        pipe, s, out_size, params, abstract(global_batch, ids.shape[1]), negative,
+        abstract(global_batch)) / global_batch
     # Test hook: seconds to sleep after each batch, so a test can kill a run part-way.
     throttle = float(os.environ.get("KDJAX_GENERATE_THROTTLE_S", "0") or 0)
     pending = {}  # shard -> {plan index: image}

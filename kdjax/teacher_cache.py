@@ -84,7 +84,8 @@ def spec(config, rows: np.ndarray, teacher_records: list, distiller) -> dict:
                "load_size": d.load_size, "image_size": d.image_size,
                "augment": d.augment.to_dict(), "mean": list(d.mean), "std": list(d.std),
                "synthetic": [_synthetic_identity(p) for p in d.synthetic.split(",") if p],
-               "synthetic_per_class": d.synthetic_per_class},
+               "synthetic_per_class": d.synthetic_per_class,
+               "synthetic_fraction": d.synthetic_fraction},
       "views": int(config.teacher.cache_views),
       # what turns a view's seed into its crop/flip
       "jax": {"version": jax.__version__, "prng": str(jax.config.jax_default_prng_impl),

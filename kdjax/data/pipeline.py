@@ -201,12 +201,17 @@ def with_synthetic(real: sources.Source, rows: np.ndarray, cfg):
   parts, all_rows, offset = [real], [rows], len(real)
   for directory in filter(None, (d.strip() for d in cfg.synthetic.split(","))):
     synth = sources.open_synthetic(directory, cfg, real)
+    _check_generated_for(directory, real, rows)
     chosen = np.arange(len(synth))
-    if cfg.synthetic_per_class:
+    if cfg.synthetic_per_class and cfg.synthetic_fraction:
+      raise ValueError("set at most one of data.synthetic_per_class and data.synthetic_fraction")
+    if cfg.synthetic_per_class or cfg.synthetic_fraction:
       labels = synth.labels()
       keep = np.zeros(len(chosen), bool)
       for c in np.unique(labels):
-        keep[np.flatnonzero(labels == c)[:cfg.synthetic_per_class]] = True
+        of_c = np.flatnonzero(labels == c)  # in plan order: a prefix is a smaller plan
+        n = cfg.synthetic_per_class or int(round(cfg.synthetic_fraction * len(of_c)))
+        keep[of_c[:n]] = True
       chosen = chosen[keep]
     parts.append(synth)
     all_rows.append(offset + chosen)
@@ -216,6 +221,25 @@ def with_synthetic(real: sources.Source, rows: np.ndarray, cfg):
                sum(len(r) for r in all_rows[1:]), cfg.synthetic,
                "labelled" if cfg.synthetic_labels else "unlabelled: distillation terms only")
   return sources.ConcatSource(parts, unlabelled), np.concatenate(all_rows)
+
+
+def _check_generated_for(directory: str, real: sources.Source, rows: np.ndarray) -> None:
+  """Warns when a set generated as a multiple of the real per-class counts was made for another
+  real selection than this run's (e.g. generated for n_per_class=3, trained with 10)."""
+  import json
+  import os
+  spec_path = os.path.join(os.path.expanduser(directory), "generate.json")
+  if not os.path.isfile(spec_path):
+    return
+  with open(spec_path) as f:
+    spec = json.load(f)
+  if not spec.get("real_counts"):
+    return
+  ours = np.bincount(real.labels()[rows], minlength=real.num_classes).tolist()
+  if ours != spec["real_counts"]:
+    logging.warning("data.synthetic %s was generated as %sx the real per-class counts %s..., "
+                    "but this run trains on %s...: the mix is not the intended multiple",
+                    directory, spec.get("multiple"), spec["real_counts"][:5], ours[:5])
 
 
 def build(cfg, mesh, seed: int, global_batch: int, eval_batch: int) -> Data:
