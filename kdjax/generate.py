@@ -833,9 +833,8 @@ def run():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from kdjax import runtime
     runtime.configure(True)  # before jax starts: Eigen convolutions on CPU (runtime.py)
-    import jax
     if flags.FLAGS.distributed:
-      jax.distributed.initialize()
+      runtime.initialize_distributed()
     main(argv)
 
   app.run(start)

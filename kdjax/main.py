@@ -40,7 +40,7 @@ def main(argv):
   import jax  # only now: XLA reads XLA_FLAGS when the first backend starts
 
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    runtime.initialize_distributed()
   from kdjax import teachers, train
 
   try:

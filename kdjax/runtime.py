@@ -39,3 +39,18 @@ def configure(fast_cpu_convolutions: bool) -> None:
   """Call before the first `import jax` of the process."""
   if fast_cpu_convolutions and cpu_only_install() and flag_known_to_jaxlib():
     os.environ["XLA_FLAGS"] = with_cpu_flags(os.environ.get("XLA_FLAGS", ""))
+
+
+def initialize_distributed() -> None:
+  """`jax.distributed.initialize()` for `--distributed`: JAX detects TPU pods, SLURM, Open MPI
+  and Kubernetes by itself; elsewhere set JAX_COORDINATOR_ADDRESS (host:port of process 0),
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID (JAX reads only the first, kdjax passes the other two).
+  On CPU-only installs, cross-process collectives use gloo (localhost multi-process runs)."""
+  import jax
+
+  if cpu_only_install():
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {key: int(os.environ[var]) for key, var in
+            (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
+            if os.environ.get(var)}
+  jax.distributed.initialize(**kwargs)
