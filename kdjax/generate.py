@@ -275,7 +275,8 @@ class Pipeline:
 
 
 def load_pipeline(directory: Path, scheduler: str, dtype: str) -> Pipeline:
-  """Components from a diffusers-layout directory; float weights cast to `dtype`."""
+  """Components from a diffusers-layout directory; weights as host numpy arrays, the float ones
+  cast to `dtype` (the caller places them on its mesh)."""
   import jax
   import jax.numpy as jnp
 
@@ -289,19 +290,22 @@ def load_pipeline(directory: Path, scheduler: str, dtype: str) -> Pipeline:
   unet, unet_params = diffusers.FlaxUNet2DConditionModel.from_pretrained(
       directory, subfolder="unet", **kw)
   vae, vae_params = diffusers.FlaxAutoencoderKL.from_pretrained(directory, subfolder="vae", **kw)
-  text_encoder = transformers.FlaxCLIPTextModel.from_pretrained(directory / "text_encoder", **kw)
+  # _do_init=False: no random initialisation (seconds of compiling) before the weights load.
+  text_encoder, text_params = transformers.FlaxCLIPTextModel.from_pretrained(
+      directory / "text_encoder", _do_init=False, **kw)
   tokenizer = transformers.CLIPTokenizer.from_pretrained(directory / "tokenizer")
   # DDIM's clip_sample (default True) would clip latents to [-1, 1]: never right for SD.
   extra = {"clip_sample": False} if scheduler == "ddim" else {}
   sched, sched_state = getattr(diffusers, SCHEDULERS[scheduler]).from_pretrained(
       directory, subfolder="scheduler", local_files_only=True, **extra)
 
-  def cast(tree):
-    return jax.tree.map(lambda x: jnp.asarray(x, jdtype) if jnp.issubdtype(
-        jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x), tree)
+  def cast(x):  # on the host: no per-array device program
+    x = np.asarray(x)
+    return x.astype(jdtype) if jnp.issubdtype(x.dtype, jnp.floating) else x  # bf16 included
 
-  params = {"text_encoder": cast(text_encoder.params), "unet": cast(unet_params),
-            "vae": cast(vae_params), "scheduler": sched_state}
+  params = {"text_encoder": jax.tree.map(cast, text_params),
+            "unet": jax.tree.map(cast, unet_params), "vae": jax.tree.map(cast, vae_params),
+            "scheduler": sched_state}
   return Pipeline(tokenizer, text_encoder, unet, vae, sched, params)
 
 
@@ -629,6 +633,8 @@ def generate(config, workdir: str) -> dict:
 
   mesh = shd.make_mesh()
   global_batch = int(s.batch_per_device) * mesh.devices.size
+  logging.info("sampling: global batch %d on %d devices (%d processes)", global_batch,
+               mesh.devices.size, jax.process_count())
   report = {"num_images": len(plan), "num_shards": num_shards, "image_size": out_size,
             "resolution": s.resolution, "global_batch": global_batch,
             "devices": mesh.devices.size, "platform": jax.devices()[0].platform,
@@ -636,8 +642,8 @@ def generate(config, workdir: str) -> dict:
   if len(todo_images):
     pipe = load_pipeline(directory, s.scheduler, s.dtype)
     repl, batch_sh = shd.replicated(mesh), shd.batch_sharding(mesh)
-    # Host copies placed as global arrays (diffusers commits its weights to one device, which
-    # cannot be device_put onto a multi-process sharding).
+    # Host copies placed as global arrays (a committed single-device array could not be
+    # device_put onto a multi-process sharding).
     host = jax.tree.map(np.asarray, pipe.params)
     params = shd.put_global(host, jax.tree.map(lambda _: repl, host))
     sampler = jax.jit(make_sampler(pipe, s, out_size),
