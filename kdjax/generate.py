@@ -602,16 +602,16 @@ def generate(config, workdir: str) -> dict:
   # others follow its decisions.
   refused = None
   if jax.process_index() == 0:
-    for stale in work.glob(".*.tmp-*"):  # a killed run's unfinished file: never part of the set
-      stale.unlink(missing_ok=True)
-    for stale in work.glob(".metadata-*"):
-      shutil.rmtree(stale, ignore_errors=True)
     try:
-      _check_spec(work, spec)
-    except GenerateError as e:
+      _check_spec(work, spec)  # first: a refused (or mistyped) workdir is left untouched
+      for stale in work.glob(".*.tmp-*"):  # a killed run's unfinished file: never in the set
+        stale.unlink(missing_ok=True)
+      for stale in work.glob(".metadata-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    except Exception as e:  # noqa: BLE001  (told to the other processes, then raised)
       refused = e
   if not _from_process_0(refused is None):
-    raise refused or GenerateError(f"process 0 refused {workdir}: see its log")
+    raise refused or GenerateError(f"process 0 could not start in {workdir}: see its log")
 
   shard_size = int(s.shard_size)
   num_shards = -(-len(plan) // shard_size)

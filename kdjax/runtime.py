@@ -45,10 +45,11 @@ def initialize_distributed() -> None:
   """`jax.distributed.initialize()` for `--distributed`: JAX detects TPU pods, SLURM, Open MPI
   and Kubernetes by itself; elsewhere set JAX_COORDINATOR_ADDRESS (host:port of process 0),
   JAX_NUM_PROCESSES and JAX_PROCESS_ID (JAX reads only the first, kdjax passes the other two).
-  On CPU-only installs, cross-process collectives use gloo (localhost multi-process runs)."""
+  On CPU-only installs cross-process collectives use gloo (jax 0.10's default, set explicitly
+  unless JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise), so localhost runs work."""
   import jax
 
-  if cpu_only_install():
+  if cpu_only_install() and not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = {key: int(os.environ[var]) for key, var in
             (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))

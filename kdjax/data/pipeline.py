@@ -194,23 +194,25 @@ class Data:
   class_names: list
 
 
-def with_synthetic(real: sources.Source, rows: np.ndarray, cfg):
+def with_synthetic(real: sources.Source, rows: np.ndarray, cfg, labels=None):
   """(source, rows): the real training rows followed by those of each `data.synthetic`
-  directory (at most `data.synthetic_per_class` per class: the first ones of the generation's
-  plan). Validation and test splits stay real."""
+  directory (`data.synthetic_per_class` / `synthetic_fraction` of each class: the first ones of
+  the generation's plan). Validation and test splits stay real. `labels`: the real split's
+  labels when already read (else read only if a set needs checking)."""
   parts, all_rows, offset = [real], [rows], len(real)
   for directory in filter(None, (d.strip() for d in cfg.synthetic.split(","))):
     synth = sources.open_synthetic(directory, cfg, real)
-    _check_generated_for(directory, real, rows)
+    _check_generated_for(directory, real, rows, labels)
     chosen = np.arange(len(synth))
-    if cfg.synthetic_per_class and cfg.synthetic_fraction:
+    per_class, fraction = cfg.synthetic_per_class, cfg.synthetic_fraction
+    if per_class is not None and fraction is not None:
       raise ValueError("set at most one of data.synthetic_per_class and data.synthetic_fraction")
-    if cfg.synthetic_per_class or cfg.synthetic_fraction:
+    if per_class is not None or fraction is not None:
       labels = synth.labels()
       keep = np.zeros(len(chosen), bool)
       for c in np.unique(labels):
         of_c = np.flatnonzero(labels == c)  # in plan order: a prefix is a smaller plan
-        n = cfg.synthetic_per_class or int(round(cfg.synthetic_fraction * len(of_c)))
+        n = per_class if per_class is not None else int(round(fraction * len(of_c)))
         keep[of_c[:n]] = True
       chosen = chosen[keep]
     parts.append(synth)
@@ -223,7 +225,8 @@ def with_synthetic(real: sources.Source, rows: np.ndarray, cfg):
   return sources.ConcatSource(parts, unlabelled), np.concatenate(all_rows)
 
 
-def _check_generated_for(directory: str, real: sources.Source, rows: np.ndarray) -> None:
+def _check_generated_for(directory: str, real: sources.Source, rows: np.ndarray,
+                         labels=None) -> None:
   """Warns when a set generated as a multiple of the real per-class counts was made for another
   real selection than this run's (e.g. generated for n_per_class=3, trained with 10)."""
   import json
@@ -235,7 +238,8 @@ def _check_generated_for(directory: str, real: sources.Source, rows: np.ndarray)
     spec = json.load(f)
   if not spec.get("real_counts"):
     return
-  ours = np.bincount(real.labels()[rows], minlength=real.num_classes).tolist()
+  labels = real.labels() if labels is None else labels
+  ours = np.bincount(labels[rows], minlength=real.num_classes).tolist()
   if ours != spec["real_counts"]:
     logging.warning("data.synthetic %s was generated as %sx the real per-class counts %s..., "
                     "but this run trains on %s...: the mix is not the intended multiple",
@@ -248,13 +252,14 @@ def build(cfg, mesh, seed: int, global_batch: int, eval_batch: int) -> Data:
   shd.check_global_batch(eval_batch, mesh, "eval_batch_size")
   train_src = sources.open_source(cfg, cfg.train_split)
   needs_labels = cfg.val_fraction > 0 or cfg.n_per_class or cfg.fraction
+  labels = train_src.labels() if needs_labels else None
   if needs_labels:
-    train_rows, val_rows = sources.split_train_val(train_src.labels(), cfg, cfg.subset_seed)
+    train_rows, val_rows = sources.split_train_val(labels, cfg, cfg.subset_seed)
   else:
     train_rows, val_rows = np.arange(len(train_src)), np.arange(0)
   source = train_src
   if cfg.synthetic:
-    source, train_rows = with_synthetic(train_src, train_rows, cfg)
+    source, train_rows = with_synthetic(train_src, train_rows, cfg, labels)
   train = TrainInput(source, train_rows, cfg, mesh, global_batch, seed)
   evals = {}
   if len(val_rows):
