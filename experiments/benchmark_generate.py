@@ -61,12 +61,10 @@ def main():
   mesh = shd.make_mesh()
   repl, batch_sh = shd.replicated(mesh), shd.batch_sharding(mesh)
   global_batch = args.batch * mesh.devices.size
-  sampler = jax.jit(generate.make_sampler(pipe, synth, args.image_size or resolution),
-                    in_shardings=(repl, batch_sh, repl, batch_sh), out_shardings=batch_sh)
-  params = jax.device_put(pipe.params, repl)
+  sampler, params = generate.sharded_sampler(pipe, synth, args.image_size or resolution, mesh)
   prompts = [f"a picture of a class {i}" for i in range(global_batch)]
   ids = shd.global_from_host(generate.tokenize(pipe, prompts), batch_sh)
-  negative = jax.device_put(generate.tokenize(pipe, [""]), repl)
+  negative = shd.global_from_host(generate.tokenize(pipe, [""]), repl)
 
   def seeds(i):
     return shd.global_from_host(np.arange(i * global_batch, (i + 1) * global_batch,

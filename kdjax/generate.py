@@ -383,6 +383,22 @@ def make_sampler(pipe: Pipeline, synth, out_size: int, count_trips: int | None =
   return sample
 
 
+def sharded_sampler(pipe: Pipeline, synth, out_size: int, mesh):
+  """(jitted sampler, its params on `mesh`): prompts, seeds and images sharded on the data axis,
+  params and the negative prompt replicated. Params are placed from host copies (a committed
+  single-device array could not be device_put onto a multi-process sharding)."""
+  import jax
+
+  from kdjax import sharding as shd
+
+  repl, batch_sh = shd.replicated(mesh), shd.batch_sharding(mesh)
+  host = jax.tree.map(np.asarray, pipe.params)
+  params = shd.put_global(host, jax.tree.map(lambda _: repl, host))
+  sampler = jax.jit(make_sampler(pipe, synth, out_size),
+                    in_shardings=(repl, batch_sh, repl, batch_sh), out_shardings=batch_sh)
+  return sampler, params
+
+
 def num_trips(pipe: Pipeline, synth) -> int:
   """How many UNet steps the sampler runs (the scheduler's timesteps)."""
   state = pipe.scheduler.set_timesteps(pipe.params["scheduler"], synth.num_inference_steps,
@@ -566,16 +582,12 @@ def _from_process_0(value):
   return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(value)))
 
 
-def _hms(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 def generate(config, workdir: str) -> dict:
   """Runs (or resumes) the generation; returns the run's report (also in WORKDIR/report.json)."""
   import jax
   from absl import logging
 
+  from kdjax import metric_writers
   from kdjax import sharding as shd
 
   s = config.synth
@@ -595,14 +607,14 @@ def generate(config, workdir: str) -> dict:
 
   directory = resolve(s.pipeline, s.revision or None)
   check_layout(directory, s.pipeline)
-  spec = spec_of(config, {"source": s.pipeline, "revision": s.revision or None,
-                          **pipeline_sha1(directory)}, plan, names, counts, real_counts,
-                 out_size)
-  # Process 0 alone touches the directory (a shared filesystem in multi-process runs); the
-  # others follow its decisions.
-  refused = None
+  # Process 0 alone touches the directory (a shared filesystem in multi-process runs) and hashes
+  # the pipeline for the spec; the others follow its decisions.
+  refused, spec = None, None
   if jax.process_index() == 0:
     try:
+      spec = spec_of(config, {"source": s.pipeline, "revision": s.revision or None,
+                              **pipeline_sha1(directory)}, plan, names, counts, real_counts,
+                     out_size)
       _check_spec(work, spec)  # first: a refused (or mistyped) workdir is left untouched
       for stale in work.glob(".*.tmp-*"):  # a killed run's unfinished file: never in the set
         stale.unlink(missing_ok=True)
@@ -642,12 +654,7 @@ def generate(config, workdir: str) -> dict:
   if len(todo_images):
     pipe = load_pipeline(directory, s.scheduler, s.dtype)
     repl, batch_sh = shd.replicated(mesh), shd.batch_sharding(mesh)
-    # Host copies placed as global arrays (a committed single-device array could not be
-    # device_put onto a multi-process sharding).
-    host = jax.tree.map(np.asarray, pipe.params)
-    params = shd.put_global(host, jax.tree.map(lambda _: repl, host))
-    sampler = jax.jit(make_sampler(pipe, s, out_size),
-                      in_shardings=(repl, batch_sh, repl, batch_sh), out_shardings=batch_sh)
+    sampler, params = sharded_sampler(pipe, s, out_size, mesh)
     ids = tokenize(pipe, plan.prompts)
     negative = tokenize(pipe, [s.negative_prompt])
     negative = shd.global_from_host(negative, repl)
@@ -698,7 +705,7 @@ def generate(config, workdir: str) -> dict:
       rate = timed_images / (now - timed_from) if timed_images else 0.0
       eta = (len(todo_images) - made) / rate if rate else float("nan")
       logging.info("generated %d/%d images (%.3f images/s, ETA %s)", made, len(todo_images),
-                   rate, _hms(eta) if rate else "?")
+                   rate, metric_writers._hms(eta) if rate else "?")
     report["wall_time_s"] = time.perf_counter() - start
     if timed_images:
       report["images_per_s"] = timed_images / (time.perf_counter() - timed_from)
