@@ -1,0 +1,513 @@
+r"""Paper A's grid (Farhat & Chen, arXiv 2404.03263), end to end, and its table next to ours.
+
+  python experiments/paper_a.py run --root=runs/paper_a --dry_run    # print the commands, run none
+  python experiments/paper_a.py run --root=runs/paper_a [--teachers=resnet50,vit_b16]
+      [--students=resnet18,mobilenet_v2] [--tasks=cifar10,...] [--arms=distill,scratch,finetune]
+      [--seeds=0,1,2] [--set data.data_dir=/data/tfds] [--keep_going]
+  python experiments/paper_a.py collect --root=runs/paper_a   # -> ROOT/results.json, results.md
+
+Per task, in order: step 1 adapts each teacher (`adapt_<teacher>_<task>`: configs/adapt.py, a
+linear probe of a new head on the frozen ImageNet backbone, once per teacher and task, seed 0),
+step 2 trains the arms per student and seed (configs/paper_a.py): `distill_<teacher>_<student>_
+<task>_s<seed>` (teacher_dir = the adapted teacher), `scratch_<student>_<task>_s<seed>` and
+`finetune_<student>_<task>_s<seed>` (neither uses a teacher: one run serves both teachers).
+Each step is one `python -m kdjax.main --config=... --workdir=ROOT/<name>` command, run as a
+subprocess from the current directory (log: ROOT/logs/<name>.log). A step whose workdir holds
+`cost.json` is finished (kdjax/train.py writes it once, after the final evaluation) and is
+skipped; any other step is started, and an interrupted one resumes from its last checkpoint.
+`--set KEY=VALUE` appends `--config.KEY=VALUE` to every command (all configs share one schema).
+`run` ends with `collect`, which reads every finished run's final evaluation from its
+metrics.jsonl (test accuracy; validation where the task has no test split: caltech101) into
+ROOT/results.json and a markdown table with the paper's reported number next to ours
+(experiments/paper_numbers.py; "not reported" where our sources give none: all cells today).
+`--dry_run` also prints each step's estimated FLOPs from its config (see `estimate`).
+
+This module also holds what experiments/paper_b.py shares: Step, the runner and the collector.
+"""
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+for _p in (HERE, REPO):
+  if _p not in sys.path:
+    sys.path.insert(0, _p)
+
+import paper_numbers  # noqa: E402  (experiments/paper_numbers.py)
+
+FINISHED_FILE = "cost.json"  # train.py writes it last, once the final evaluation is written
+METRIC = "top-1 accuracy (%): test split; validation where the task has no test split"
+
+
+# ------------------------------------------------------------------------------ steps and running
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """One kdjax run: `python -m kdjax.main --config=CONFIG --workdir=WORKDIR OVERRIDES...`."""
+  name: str
+  workdir: str
+  config: str  # FILE:ARG
+  overrides: tuple = ()  # --config.KEY=VALUE
+  cell: tuple = ()  # (teacher, student, data, arm): the table row it feeds (None: not applicable)
+  seed: int | None = None
+  needs: tuple = ()  # workdirs whose runs must have finished first (adapted teachers)
+  teachers: tuple = ()  # Hub ids of the teachers its config.teacher.models hold (cost estimate)
+
+  def args(self) -> list:
+    return [f"--config={self.config}", f"--workdir={self.workdir}", *self.overrides]
+
+  def command(self) -> str:
+    return "python -m kdjax.main " + shlex.join(self.args())
+
+
+def config_path(name: str) -> str:
+  """configs/NAME as a path from the current directory (the commands run from it)."""
+  return os.path.relpath(os.path.join(REPO, "configs", name))
+
+
+def config_module(name: str):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"_kdjax_config_{name}",
+                                                os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def check_root(root: str) -> None:
+  if "," in root:  # teacher paths travel inside comma-separated config arguments
+    raise ValueError(f"--root must not contain a comma: {root!r}")
+
+
+def set_overrides(items) -> tuple:
+  out = []
+  for item in items or ():
+    key, eq, value = item.partition("=")
+    if not eq or not key:
+      raise ValueError(f"--set wants KEY=VALUE (a config key such as data.data_dir), got {item!r}")
+    out.append(f"--config.{key.removeprefix('config.')}={value}")
+  return tuple(out)
+
+
+def seed_override(seed: int) -> str:
+  return f"--config.seed={seed}"
+
+
+def load_config(args):
+  """The locked config kdjax.main would train with for these arguments (--config=FILE:ARG,
+  --workdir, --config.KEY=VALUE ...), parsed by ml_collections' config flag exactly as main.py
+  declares it: a mistyped override or config argument raises here. Cached per argument list
+  (and relative to the current directory): do not modify the config it returns."""
+  return _load_config(tuple(args), os.getcwd())
+
+
+@functools.cache
+def _load_config(args, cwd):
+  del cwd  # part of the cache key only: FILE is relative to it
+  from absl import flags
+  from ml_collections import config_flags
+  argv = ["kdjax.main", *args]
+  fv = flags.FlagValues()
+  # main.py's declaration; sys_argv: the config flag finds its --config.KEY overrides there
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                  sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "", flag_values=fv)
+  flags.DEFINE_bool("distributed", False, "", flag_values=fv)
+  fv(argv)
+  return fv["config"].value
+
+
+def is_finished(workdir: str) -> bool:
+  return os.path.isfile(os.path.join(workdir, FINISHED_FILE))
+
+
+def _subprocess_runner(step: Step, log_path: str) -> int:
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+  with open(log_path, "a") as log:
+    log.write(f"\n$ {step.command()}\n")
+    log.flush()
+    return subprocess.run([sys.executable, "-m", "kdjax.main", *step.args()], stdout=log,
+                          stderr=subprocess.STDOUT, env=env).returncode
+
+
+def execute(steps, root: str, *, dry_run=False, keep_going=False, tflops=50.0, runner=None,
+            out=None) -> list:
+  """Runs the steps in order (skipping finished ones); returns the names of those that failed
+  or could not start. `dry_run`: prints every command (finished ones commented out) with its
+  estimated cost, runs nothing."""
+  out = out or sys.stdout
+  runner = runner or _subprocess_runner
+  failed, total_flops, n = [], 0.0, len(steps)
+  caches = set()  # teacher caches an earlier step makes (shared through teacher.cache_dir)
+  for i, step in enumerate(steps, 1):
+    done = is_finished(step.workdir)
+    if dry_run:
+      config = load_config(step.args())
+      est = estimate(step, config, cache_made=config.teacher.cache_dir in caches)
+      caches.add(config.teacher.cache_dir or None)
+      note = "unknown cost" if est is None else (
+          f"est. {est['flops']:.2e} FLOPs, {est['steps']} steps, "
+          f"{est['flops'] / (tflops * 1e12) / 3600:.2f} GPU-h at {tflops:g} TFLOP/s")
+      total_flops += est["flops"] if est and not done else 0.0
+      print(f"# [{i}/{n}] {step.name}: {note}{' (finished: skipped)' if done else ''}", file=out)
+      print(("# " if done else "") + step.command(), file=out)
+      continue
+    if done:
+      print(f"[{i}/{n}] {step.name}: finished, skipped", file=out, flush=True)
+      continue
+    missing = [w for w in step.needs if not is_finished(w)]
+    if missing:
+      print(f"[{i}/{n}] {step.name}: not started, {missing} not finished", file=out, flush=True)
+      failed.append(step.name)
+      if not keep_going:
+        break
+      continue
+    log_path = os.path.join(root, "logs", f"{step.name}.log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    print(f"[{i}/{n}] {step.name}: running (log {log_path})\n  {step.command()}", file=out,
+          flush=True)
+    t = time.time()
+    rc = runner(step, log_path)
+    print(f"[{i}/{n}] {step.name}: {'done' if rc == 0 else f'FAILED (exit {rc})'} after "
+          f"{time.time() - t:.0f} s", file=out, flush=True)
+    if rc != 0:
+      failed.append(step.name)
+      if not keep_going:
+        break
+  if dry_run:
+    print(f"# estimated total of the steps not finished: {total_flops:.3e} FLOPs, "
+          f"{total_flops / (tflops * 1e12) / 3600:.1f} GPU-h at {tflops:g} TFLOP/s sustained "
+          "(an estimate from the configs: experiments/paper_a.py `estimate`)", file=out)
+  return failed
+
+
+# ------------------------------------------------------------------------------ cost estimate
+def _vit_gflops(width, depth, mlp, patch, size=224):
+  """Forward GFLOPs (2 per multiply-add) of a ViT at `size` px: per block q/k/v/out (4 d^2) and
+  the MLP (2 d mlp) per token, plus attention scores and mixing (2 t^2 d), plus the patch
+  embedding. Checked against XLA's count of kdjax's ports (experiments/results/teachers_cpu_b8
+  .json): ViT-B/16 35.1 vs 35.68 measured, DINOv2-B/14 46.3 vs 47.07 (norms, GELU not counted)."""
+  n = (size // patch) ** 2
+  t = n + 1
+  block = 2 * t * (4 * width * width + 2 * width * mlp) + 4 * t * t * width
+  return (depth * block + 2 * n * 3 * patch * patch * width) / 1e9
+
+
+# Forward GFLOPs per image at 224 px. "measured": XLA's cost analysis of kdjax's port at batch 8
+# (experiments/results/teachers_cpu_b8.json, divided by 8); ResNet-18: torchvision's 1.82 GMACs
+# x 2; ViTs: _vit_gflops with the checkpoint's config.json shape (not downloaded here: the shapes
+# are the published ones of these model families). DINOv2-G's SwiGLU MLP (2 x 4096 in, 4096 out)
+# has the multiply-adds of a plain 6144-wide MLP.
+FORWARD_GFLOPS = {
+    "resnet18": 3.64, "microsoft/resnet-18": 3.64,
+    "mobilenet_v2": 0.63, "google/mobilenet_v2_1.0_224": 0.63,  # measured
+    "resnet50": 8.03, "microsoft/resnet-50": 8.03,  # measured
+    "google/vit-base-patch16-224": 35.68,  # measured
+    "WinKawaks/vit-small-patch16-224": _vit_gflops(384, 12, 1536, 16),
+    "facebook/dinov2-small": _vit_gflops(384, 12, 1536, 14),
+    "facebook/dinov2-base": 47.07,  # measured
+    "facebook/dinov2-large": _vit_gflops(1024, 24, 4096, 14),
+    "facebook/dinov2-giant": _vit_gflops(1536, 40, 6144, 14),
+    "laion/CLIP-ViT-L-14-laion2B-s32B-b82K": _vit_gflops(1024, 24, 4096, 14),
+    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": _vit_gflops(1280, 32, 5120, 14),
+    "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": _vit_gflops(1664, 48, 8192, 14),
+    "openai/clip-vit-large-patch14": _vit_gflops(1024, 24, 4096, 14),
+}
+# Examples per TFDS split (the TFDS catalog's split sizes; MIT Indoor-67: configs/paper_a.py's
+# local builder, 5,360 / 1,340).
+SPLIT_SIZES = {
+    ("cifar10", "train"): 50000, ("cifar10", "test"): 10000,
+    ("cifar100", "train"): 50000, ("cifar100", "test"): 10000,
+    ("mit_indoor67", "train"): 5360, ("mit_indoor67", "test"): 1340,
+    ("caltech_birds2011", "train"): 5994, ("caltech_birds2011", "test"): 5794,
+    ("caltech101", "train"): 3060, ("caltech101", "test"): 6084,
+    ("dtd", "train"): 1880, ("dtd", "test"): 1880,
+    ("oxford_flowers102", "train"): 1020, ("oxford_flowers102", "test"): 6149,
+    ("oxford_iiit_pet", "train"): 3680, ("oxford_iiit_pet", "test"): 3669,
+    ("food101", "train"): 75750, ("food101", "validation"): 25250,
+}
+
+
+def _split_size(name, split):
+  sizes = [SPLIT_SIZES.get((name, s.strip())) for s in split.split("+")]
+  return None if None in sizes else sum(sizes)
+
+
+def estimate(step: Step, config=None, cache_made=False):
+  """{"steps", "train_images", "flops"} of a step from its config, or None (unknown sizes).
+
+  FLOPs = train steps x batch x (3 x the student's forward: forward + backward; 1 x for a
+  linear probe, whose backbone has no backward) + online teachers' forwards on every batch +
+  a cached teacher's one pass over the training images (unless `cache_made`: an earlier step
+  made the shared teacher.cache_dir) + each evaluation's forward passes
+  (student; KD teachers once per eval set). Per-image costs: FORWARD_GFLOPS. Heads, losses and
+  the optimizer are left out (under 1% here). Wall time is FLOPs / sustained FLOP/s, an
+  assumption: these are fp32 runs (TF32 matmuls on GPU) at batch 64-128."""
+  c = config if config is not None else load_config(step.args())
+  d = c.data
+  n_train = _split_size(d.name, d.train_split)
+  n_test = _split_size(d.name, d.test_split) if d.test_split else 0
+  student = FORWARD_GFLOPS.get(c.model.pretrained or c.model.name)
+  teachers = [FORWARD_GFLOPS.get(t) for t in step.teachers] if c.teacher.models else []
+  if n_train is None or n_test is None or student is None or None in teachers:
+    return None
+  n_val = round(n_train * d.val_fraction)
+  n_train -= n_val
+  steps = c.total_steps or max(1, round(c.total_epochs * (n_train // c.batch_size)))
+  teacher = sum(teachers)
+  per_image = student * (1 if c.model.freeze_backbone else 3)
+  per_image += teacher if c.teacher.mode == "online" else 0.0
+  gflops = steps * c.batch_size * per_image
+  if c.teacher.mode == "cached" and not cache_made:
+    gflops += n_train * c.teacher.cache_views * teacher
+  every = c.eval_every_steps
+  n_evals = (steps // every + (steps % every > 0)) if every else 1
+  gflops += n_evals * (n_val + n_test) * student
+  if c.loss.kd_weight > 0 and c.teacher.evaluate:
+    gflops += (n_val + n_test) * teacher
+  return {"steps": steps, "train_images": steps * c.batch_size, "flops": gflops * 1e9}
+
+
+# ------------------------------------------------------------------------------ results
+def read_run(workdir: str) -> dict:
+  """A run's status and final evaluation: `finished` (cost.json present: its final evaluation
+  is the last metrics.jsonl row with an accuracy), `incomplete` (started, not finished: no
+  accuracy reported) or `not run`."""
+  if not os.path.isdir(workdir):
+    return {"status": "not run"}
+  rows = []
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.isfile(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill
+          pass
+  last = {"step": max((r.get("step", 0) for r in rows), default=0)}
+  if not is_finished(workdir):
+    return {"status": "incomplete", **last}
+  out = {"status": "finished", **last}
+  evals = [r for r in rows if "test/accuracy" in r or "val/accuracy" in r]
+  if evals:
+    final = evals[-1]
+    split = "test" if "test/accuracy" in final else "val"
+    out.update(split=split, accuracy=final[f"{split}/accuracy"], eval_step=final["step"])
+    for key in ("teacher_accuracy", "agreement", "count"):
+      if f"{split}/{key}" in final:
+        out[key] = final[f"{split}/{key}"]
+  with open(os.path.join(workdir, FINISHED_FILE)) as f:
+    cost = json.load(f)
+  out.update({k: cost[k] for k in ("wall_time_s", "train_flops", "eval_flops", "total_flops",
+                                   "teacher_cache_flops") if k in cost})
+  return out
+
+
+def collect(steps, lookup, paper: str, root: str) -> dict:
+  """Every planned run's result, and per table cell (seeds pooled) ours next to the paper's."""
+  runs, by_cell = [], {}
+  for step in steps:
+    teacher, student, data, arm = step.cell
+    run = {"name": step.name, "workdir": step.workdir, "teacher": teacher, "student": student,
+           "data": data, "arm": arm, "seed": step.seed, **read_run(step.workdir)}
+    runs.append(run)
+    by_cell.setdefault(step.cell, []).append(run)
+  cells = []
+  for (teacher, student, data, arm), group in by_cell.items():
+    done = [r for r in group if r["status"] == "finished" and "accuracy" in r]
+    accs = [100.0 * r["accuracy"] for r in done]
+    mean = sum(accs) / len(accs) if accs else None
+    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs)) if accs else None
+    walls = [r["wall_time_s"] for r in done if "wall_time_s" in r]
+    paper_value, source = lookup(teacher, student, data, arm)
+    if len(done) == len(group):
+      status = "finished"
+    elif done:
+      status = f"partial ({len(done)} of {len(group)} seeds)"
+    elif any(r["status"] == "incomplete" for r in group):
+      status = "incomplete (step " + str(max(r.get("step", 0) for r in group)) + ")"
+    else:
+      status = "not run"
+    cells.append({
+        "teacher": teacher, "student": student, "data": data, "arm": arm,
+        "ours": mean, "ours_std": std, "seeds": [r["seed"] for r in done],
+        "seeds_planned": [r["seed"] for r in group], "split": done[0]["split"] if done else None,
+        "status": status, "paper": paper_value, "paper_source": source,
+        "wall_time_h": sum(walls) / len(walls) / 3600 if walls else None})
+  return {"paper": paper, "root": root, "metric": METRIC, "cells": cells, "runs": runs,
+          "claims": [c for c in paper_numbers.CLAIMS if c["paper"] == paper]}
+
+
+def fmt_ours(cell) -> str:
+  if cell["ours"] is None:
+    return cell["status"]
+  text = f"{cell['ours']:.2f}"
+  if len(cell["seeds"]) > 1:
+    text += f" ± {cell['ours_std']:.2f} ({len(cell['seeds'])} seeds)"
+  if cell["split"] == "val":
+    text += " (val)"
+  if cell["status"] != "finished":
+    text += f" [{cell['status']}]"
+  return text
+
+
+def markdown(result, title: str, columns, notes=()) -> str:
+  """`columns`: (header, cell key) of the identifying columns, e.g. (("task", "data"), ...)."""
+  lines = [f"# {title}", "", f"Results under `{result['root']}`; {result['metric']}. Ours: mean "
+           "(± population std over seeds); paper: its reported number where our sources give "
+           "one.", ""]
+  lines += [f"- {n}" for n in notes] + ([""] if notes else [])
+  header = [h for h, _ in columns] + ["ours", "paper", "paper source", "wall-clock (h, per run)"]
+  lines += ["| " + " | ".join(header) + " |",
+            "| " + " | ".join(["---"] * len(columns) + ["---:", "---:", "---", "---:"]) + " |"]
+  for cell in result["cells"]:
+    ident = [str(cell[k]) if cell[k] is not None else "-" for _, k in columns]
+    paper = f"{cell['paper']:.2f}" if cell["paper"] is not None else "not reported"
+    wall = f"{cell['wall_time_h']:.2f}" if cell["wall_time_h"] is not None else ""
+    lines.append("| " + " | ".join(ident + [fmt_ours(cell), paper, cell["paper_source"], wall])
+                 + " |")
+  if result["claims"]:
+    lines += ["", "What our sources report (claims, not table cells):", ""]
+    lines += [f"- {c['value']}{c['unit']}: \"{c['quote']}\" ({c['source']})"
+              for c in result["claims"]]
+  return "\n".join(lines) + "\n"
+
+
+def write_results(result, markdown_text: str, out: str) -> tuple:
+  """Writes OUT.json and OUT.md; returns their paths."""
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out + ".json", "w") as f:
+    json.dump(result, f, indent=2)
+  with open(out + ".md", "w") as f:
+    f.write(markdown_text)
+  return out + ".json", out + ".md"
+
+
+def csv(text: str) -> list:
+  return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _check_all(kind, values, valid):
+  bad = [v for v in values if v not in valid]
+  if bad:
+    raise SystemExit(f"unknown {kind} {bad}; valid: {list(valid)}")
+
+
+def common_flags(p: argparse.ArgumentParser) -> None:
+  p.add_argument("command", choices=["run", "collect"])
+  p.add_argument("--root", required=True, help="directory of all the runs (one sub-directory each)")
+  p.add_argument("--arms", default=None, help="comma-separated (default: all)")
+  p.add_argument("--seeds", default="0", help="comma-separated seeds (config.seed)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="--config.KEY=VALUE for every command (repeatable)")
+  p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+  p.add_argument("--keep_going", action="store_true",
+                 help="after a failure, go on with the steps that do not depend on it")
+  p.add_argument("--tflops", type=float, default=50.0,
+                 help="sustained TFLOP/s that --dry_run converts its FLOPs estimate with")
+  p.add_argument("--out", default="", help="collect: OUT.json and OUT.md (default ROOT/results)")
+
+
+def finish(args, steps, lookup, paper, title, columns, notes=(), out=None) -> int:
+  """The `run` / `collect` commands over planned steps; returns the exit status."""
+  failed = []
+  if args.command == "run":
+    failed = execute(steps, args.root, dry_run=args.dry_run, keep_going=args.keep_going,
+                     tflops=args.tflops, out=out)
+    if args.dry_run:
+      return 0
+    if failed:
+      print(f"failed or not started: {failed}", file=out or sys.stdout)
+  result = collect(steps, lookup, paper, args.root)
+  paths = write_results(result, markdown(result, title, columns, notes),
+                        args.out or os.path.join(args.root, "results"))
+  n_done = sum(c["ours"] is not None for c in result["cells"])
+  print(f"{n_done} of {len(result['cells'])} cells have results: {paths[0]}, {paths[1]}",
+        file=out or sys.stdout)
+  return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------ paper A's grid
+PA = config_module("paper_a")
+ARMS = PA.ARMS  # distill, scratch, finetune
+
+
+def plan(root, teachers=None, students=None, tasks=None, arms=None, seeds=(0,), extra=()):
+  """Paper A's steps in run order: per task, the teachers' adaptation, then per student and
+  seed the arms. Teacher-free arms (scratch, finetune) run once per student, task and seed."""
+  check_root(root)
+  teachers = list(teachers or PA.TEACHERS)
+  students, tasks = list(students or PA.STUDENTS), list(tasks or PA.TASKS)
+  arms = [a for a in ARMS if a in (arms or ARMS)]
+  extra = tuple(extra)
+  steps = []
+  for task in tasks:
+    tfds_name, train_split, test_split, val_fraction = PA.TASKS[task]
+    split_overrides = tuple(o for o, default in (
+        (f"--config.data.train_split={train_split}", train_split == "train"),
+        (f"--config.data.test_split={test_split}", test_split == "test"),
+        (f"--config.data.val_fraction={val_fraction:g}", val_fraction == 0.0)) if not default)
+    adapted = {}
+    for teacher in (teachers if "distill" in arms else ()):
+      name = f"adapt_{teacher}_{task}"
+      adapted[teacher] = os.path.join(root, name)
+      steps.append(Step(
+          name, adapted[teacher],
+          f"{config_path('adapt.py')}:model={PA.TEACHERS[teacher]},data={tfds_name}",
+          split_overrides + extra, (teacher, None, task, "teacher"), None))
+    for student in students:
+      for seed in seeds:
+        for arm in arms:
+          common = (seed_override(seed),) + extra
+          if arm == "distill":
+            for teacher in teachers:
+              name = f"distill_{teacher}_{student}_{task}_s{seed}"
+              arg = (f"teacher={teacher},student={student},data={task},arm=distill,"
+                     f"teacher_dir={adapted[teacher]}")
+              steps.append(Step(name, os.path.join(root, name),
+                                f"{config_path('paper_a.py')}:{arg}", common,
+                                (teacher, student, task, "distill"), seed, (adapted[teacher],),
+                                (PA.TEACHERS[teacher],)))
+          else:
+            name = f"{arm}_{student}_{task}_s{seed}"
+            steps.append(Step(name, os.path.join(root, name),
+                              f"{config_path('paper_a.py')}:student={student},data={task},"
+                              f"arm={arm}", common, (None, student, task, arm), seed))
+  return steps
+
+
+def main(argv=None, out=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  common_flags(p)
+  p.add_argument("--teachers", default=",".join(PA.TEACHERS))
+  p.add_argument("--students", default=",".join(PA.STUDENTS))
+  p.add_argument("--tasks", default=",".join(PA.TASKS))
+  args = p.parse_args(argv)
+  teachers, students, tasks = csv(args.teachers), csv(args.students), csv(args.tasks)
+  arms = csv(args.arms) if args.arms else list(ARMS)
+  _check_all("teacher", teachers, PA.TEACHERS)
+  _check_all("student", students, PA.STUDENTS)
+  _check_all("task", tasks, PA.TASKS)
+  _check_all("arm", arms, ARMS)
+  steps = plan(args.root, teachers, students, tasks, arms, [int(s) for s in csv(args.seeds)],
+               set_overrides(args.set))
+  notes = ["arm `teacher`: the adapted teacher itself (linear probe, configs/adapt.py); "
+           "`distill` uses it; `scratch` and `finetune` have no teacher."]
+  return finish(args, steps, paper_numbers.paper_a, "A",
+                "Paper A (Farhat & Chen, arXiv 2404.03263): ours vs reported",
+                (("task", "data"), ("student", "student"), ("teacher", "teacher"),
+                 ("arm", "arm")), notes, out)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,118 @@
+"""The two papers' reported numbers, as data, for the reproduction tables (paper_a.py, paper_b.py).
+
+Taken ONLY from /work/shared/PAPERS.md and /work/shared/seeds/ (the workspace's sources):
+  seeds/000_969a8437b1cc6fa9.txt  summary of paper A (arXiv 2404.03263), no table
+  seeds/001_8d369af8f448cc50.txt  abstract + key terms of paper A, no table
+  seeds/002_aa451a04b58e77ce.txt  arXiv listing + abstract of paper B (arXiv 2406.07337), no table
+  seeds/003_cab407fb97c13cbb.txt  arXiv listing + abstract of paper A (with a translation), no table
+  PAPERS.md                      methods, hyper-parameters, datasets; no accuracy of any run
+None of them quotes an accuracy for any cell of either grid: every value below is None, meaning
+"not reported in our sources" (the papers' own tables and figures are not among them). A value may
+be filled in only with the table or figure it comes from quoted next to it; never estimate one.
+Each entry is None or (top-1 test accuracy in percent, "the table or figure it is read from"),
+keyed by the config arguments of configs/paper_a.py and configs/paper_b.py.
+"""
+
+NOT_REPORTED = "not reported in our sources (PAPERS.md, seeds/)"
+
+A_TEACHERS = ("resnet50", "vit_b16")
+A_STUDENTS = ("resnet18", "mobilenet_v2")
+A_TASKS = ("cifar10", "cifar100", "mit_indoor67", "cub200", "caltech101", "dtd")
+
+# ---- Paper A (Farhat & Chen, arXiv 2404.03263) -------------------------------------------------
+# Source: none. seeds/000, 001, 003 state only that a distilled student "can achieve or surpass the
+# performance it would achieve if it was pre-trained then finetuned", that this "tends not to occur
+# if the task is data-limited" (fixed with synthetic images); PAPERS.md gives the recipe. No table
+# or figure value for any (teacher, student, task, arm): all None.
+# The adapted teachers (step 1, linear probe of a new head): (teacher, task) -> top-1 %.
+A_TEACHER_PROBE = {(t, d): None for t in A_TEACHERS for d in A_TASKS}
+# Student trained from scratch, CE only: (student, task) -> top-1 %. Not in our sources.
+A_SCRATCH = {(s, d): None for s in A_STUDENTS for d in A_TASKS}
+# Student pre-trained on ImageNet, then fine-tuned: (student, task) -> top-1 %. Not in our sources.
+A_FINETUNE = {(s, d): None for s in A_STUDENTS for d in A_TASKS}
+# Distilled student (CE + KD + alignment + uniformity): (teacher, student, task) -> top-1 %.
+# Not in our sources.
+A_DISTILL = {(t, s, d): None for t in A_TEACHERS for s in A_STUDENTS for d in A_TASKS}
+
+B_TEACHER_KEYS = ("dinov2_l", "dinov2_g", "clip_l", "clip_h", "clip_g")
+# Single pre-trained models PAPERS.md names (DINOv2 ViT-L/G, CLIP ViT-L/H/G) and their
+# concatenation DINOv2-G + CLIP-G (the AFT example of the reference code's README, as quoted in
+# configs/paper_b.py; PAPERS.md: "several models: concatenate their features").
+B_TEACHER_SETS = (*B_TEACHER_KEYS, "dinov2_g+clip_g")
+B_STUDENTS = ("vit_s", "resnet50")
+B_DATASETS = ("cifar10", "cifar100", "flowers102", "pets", "food101")
+# In PAPERS.md's list but not in configs/paper_b.py (no config key, so no run and no row):
+B_NOT_IN_GRID = {
+    "datasets": ("FGVC Aircraft", "DTD"),
+    "downstream models": ("MLP-Mixer-B",),
+    "pre-trained models": ("BiT",),
+}
+
+# ---- Paper B (Qiu et al., ICML 2024, arXiv 2406.07337), vision ----------------------------------
+# Source: none. seeds/002 (abstract) says AFT "achieves significantly better downstream performance
+# compared to alternatives with a similar computational cost"; PAPERS.md lists its baselines
+# (fine-tuning, KD, RKD, B-Tuning) and datasets. No table or figure value for any (pre-trained
+# model(s), downstream model, dataset, method): all None.
+# Standard transfer learning (fine-tuned student, CE only): (student, dataset) -> top-1 %.
+B_STL = {(s, d): None for s in B_STUDENTS for d in B_DATASETS}
+# AFT, feature-KD (the paper's "KD" baseline) and Hinton KD on adapted teachers (ours, not a
+# baseline of the paper): (teacher set, student, dataset) -> top-1 %. Not in our sources.
+B_AFT = {(t, s, d): None for t in B_TEACHER_SETS for s in B_STUDENTS for d in B_DATASETS}
+B_FEATURE_KD = {(t, s, d): None for t in B_TEACHER_SETS for s in B_STUDENTS for d in B_DATASETS}
+B_KD = {(t, s, d): None for t in B_TEACHER_SETS for s in B_STUDENTS for d in B_DATASETS}
+# The adapted teachers of arm kd (linear probe): (teacher key, dataset) -> top-1 %.
+B_TEACHER_PROBE = {(t, d): None for t in B_TEACHER_KEYS for d in B_DATASETS}
+
+# The numbers our sources do give: claims of the abstracts, not cells of a table.
+CLAIMS = (
+    {"paper": "A", "value": 94, "unit": "% less training time (at most)",
+     "quote": "a training method for small models that is up to 94% faster than the standard "
+              "pre-training paradigm without sacrificing performance",
+     "source": "seeds/001 and seeds/003 (abstract), seeds/000 (summary); PAPERS.md: the "
+               "wall-clock of distillation vs ImageNet pre-training plus fine-tuning"},
+    {"paper": "A", "value": 6, "unit": " visual recognition tasks",
+     "quote": "The authors test their method on 6 visual recognition tasks",
+     "source": "seeds/000 (summary)"},
+    {"paper": "B", "value": 50, "unit": "x smaller downstream model (more than)",
+     "quote": "AFT reliably translates improvement in pre-trained models into improvement in "
+              "downstream performance, even if the downstream model is over $50\\times$ smaller",
+     "source": "seeds/002 (abstract)"},
+)
+
+
+def paper_a(teacher, student, data, arm):
+  """(top-1 % or None, source) for one cell of paper A's grid (teacher/student None where the
+  arm has none: scratch and finetune have no teacher, arm 'teacher' no student)."""
+  if arm == "teacher":
+    table, key = A_TEACHER_PROBE, (teacher, data)
+  elif arm in ("scratch", "finetune"):
+    table, key = (A_SCRATCH if arm == "scratch" else A_FINETUNE), (student, data)
+  elif arm == "distill":
+    table, key = A_DISTILL, (teacher, student, data)
+  else:
+    raise KeyError(f"paper A has no arm {arm!r}")
+  return _lookup(table, key)
+
+
+def paper_b(teachers, student, data, arm):
+  """(top-1 % or None, source) for one cell of paper B's vision grid; `teachers` is the teacher
+  set ('dinov2_g+clip_g'), None for stl; arm 'teacher' is an adapted teacher (one key)."""
+  if arm == "teacher":
+    table, key = B_TEACHER_PROBE, (teachers, data)
+  elif arm == "stl":
+    table, key = B_STL, (student, data)
+  elif arm in ("aft", "feature_kd", "kd"):
+    table = {"aft": B_AFT, "feature_kd": B_FEATURE_KD, "kd": B_KD}[arm]
+    key = (teachers, student, data)
+  else:
+    raise KeyError(f"paper B has no arm {arm!r}")
+  return _lookup(table, key)
+
+
+def _lookup(table, key):
+  """An entry is None or (top-1 %, "the table or figure it is read from")."""
+  entry = table.get(key)
+  if entry is None:
+    return None, NOT_REPORTED
+  value, source = entry
+  return float(value), source
