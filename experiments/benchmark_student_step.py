@@ -7,8 +7,9 @@ One "step" is what kdjax's trainer runs: forward in train mode (BatchNorm batch 
 cross-entropy, backward, SGD+Nesterov momentum with weight decay, on a fixed batch (input
 pipeline excluded on both sides). kdjax variants differ only in the CPU convolution settings
 (kdjax/runtime.py, kdjax/models/cpu_conv.py), each in its own process since XLA reads its flags
-at start-up. Torch: the same CIFAR ResNet-18 written with torch.nn (no torchvision), fp32,
-channels_last and contiguous NCHW, `torch.set_num_threads(os.cpu_count())`.
+at start-up. Torch: kdjax/torch_reference.py's twin of the student (torch.nn, no torchvision), fp32,
+channels_last and contiguous NCHW, `torch.set_num_threads(os.cpu_count())`. (`python -m kdjax.bench`
+measures the same student step, and the distillation steps, with kdjax's defaults only.)
 
 Prints a table and writes JSON with every timing, the ratio kdjax/torch in images/s (>1: kdjax
 faster) and a matmul GFLOP/s calibration (this machine's speed drifts ~2x over time, so only
@@ -20,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {  # name -> (fast_cpu_convolutions flag, model.conv_impl)
@@ -31,13 +31,9 @@ VARIANTS = {  # name -> (fast_cpu_convolutions flag, model.conv_impl)
 
 
 def _median_time(fn, steps):
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  times.sort()
-  return times[len(times) // 2]
+  from kdjax.bench import time_calls
+
+  return time_calls(fn, steps, 0)["seconds"]
 
 
 def run_kdjax(args):
@@ -81,52 +77,22 @@ def run_kdjax(args):
 
 
 def run_torch(args, channels_last: bool):
+  """The same step in PyTorch eager: kdjax's reference (kdjax/torch_reference.py)."""
   import torch
-  from torch import nn
+
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import resnet18_cifar
+
+  from kdjax import torch_reference
 
   torch.set_num_threads(os.cpu_count())
-
-  class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(cout)
-      self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-      self.bn2 = nn.BatchNorm2d(cout)
-      self.down = None
-      if stride != 1 or cin != cout:
-        self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                  nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-      y = torch.relu(self.bn1(self.conv1(x)))
-      y = self.bn2(self.conv2(y))
-      return torch.relu(y + (self.down(x) if self.down is not None else x))
-
-  layers = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
-  cin = 64
-  for i, width in enumerate((64, 128, 256, 512)):
-    for j in range(2):
-      layers.append(Block(cin, width, 2 if i > 0 and j == 0 else 1))
-      cin = width
-  model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10))
-  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
-                        weight_decay=5e-4)
-  x = torch.randn(args.batch, 3, args.image_size, args.image_size)
-  y = torch.randint(0, 10, (args.batch,))
-  if channels_last:
-    model, x = model.to(memory_format=torch.channels_last), x.to(
-        memory_format=torch.channels_last)
-  model.train()
-
-  def one():
-    opt.zero_grad(set_to_none=True)
-    nn.functional.cross_entropy(model(x), y).backward()
-    opt.step()
-
+  config = resnet18_cifar.get_config("arm=scratch")
+  config.model.name, config.data.image_size = args.model, args.image_size
+  step = torch_reference.make_step(config, 10, args.batch, {"ce": 1.0},
+                                   channels_last=channels_last)
   for _ in range(args.warmup):
-    one()
-  return _median_time(one, args.steps)
+    step()
+  return _median_time(step, args.steps)
 
 
 def main():
@@ -161,7 +127,7 @@ def main():
            f"--child_conv_impl={conv_impl}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     results["kdjax"][name] = json.loads(proc.stdout.strip().splitlines()[-1])
-  if not args.no_torch and args.model == "resnet18":
+  if not args.no_torch:
     import torch
 
     results["torch_version"] = torch.__version__
