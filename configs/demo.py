@@ -6,7 +6,7 @@ inside scikit-learn, prepared as a local TFDS array_record dataset on first use:
 
 No pre-trained checkpoint can be downloaded here, so the teacher's extra knowledge is made in
 the open: the teacher (`arm=teacher`, ResNet-18 width 32) is trained with labels on the whole
-train split minus a 10% validation hold-out (1,293 images). The students see only a
+train split minus a 10% validation hold-out (1,294 images). The students see only a
 data-limited subset with labels (`n_per_class` images of each digit, 20 by default: 200 images)
 and, for the distillation terms, the same 200 images. The test split is never seen by either.
 So the teacher knows more in one plain sense: it learned from 6.5x more labelled data of the
@@ -14,6 +14,15 @@ task. Arms (student: ResNet-18 width 16, 500 steps of 50, AdamW 1e-3 as paper A)
   scratch   cross-entropy only
   distill   paper A: CE + KD (T=4) + alignment + uniformity, teacher online
   aft       paper B: CE + beta R (beta 1), rho learned at 1e-2, teacher cached (K=32 views)
+  kd        CE + KD (T=4), teacher online
+  feature_kd  CE + feature-KD (paper B's baseline: linear map student -> teacher features, MSE),
+            teacher cached (K=32 views)
+  unlabelled  paper A's loss (as distill, teacher online) with extra unlabelled inputs: the
+            1,094 train images the 200 leave out (validation excluded) join the training rows
+            without labels (data.unlabelled_rest: no CE on them, every distillation term uses
+            them). Paper A's extra images are Stable Diffusion's; offline these are real ones,
+            which the teacher learned from with labels. Same 500 steps of 50 as every arm, so
+            the 200 labelled images make ~15% of each batch (~20 passes over them, not 125).
 
   python -m kdjax.demo --workdir=runs/demo            # all arms and the table (kdjax/demo.py)
   python -m kdjax.main --config=configs/demo.py:arm=teacher --workdir=runs/demo/teacher
@@ -23,7 +32,7 @@ task. Arms (student: ResNet-18 width 16, 500 steps of 50, AdamW 1e-3 as paper A)
 
 from kdjax import configlib
 
-ARMS = ("teacher", "scratch", "distill", "aft", "kd", "feature_kd")
+ARMS = ("teacher", "scratch", "distill", "aft", "kd", "feature_kd", "unlabelled")
 
 
 def get_config(arg=None):
@@ -62,8 +71,9 @@ def get_config(arg=None):
     c.checkpoint_every_steps = 250
     if arg.arm != "scratch":
       c.teacher.models = arg.teacher_dir
-    if arg.arm == "distill":
+    if arg.arm in ("distill", "unlabelled"):
       c.loss.kd_weight = c.loss.align_weight = c.loss.unif_weight = 1.0
+      c.data.unlabelled_rest = arg.arm == "unlabelled"
     elif arg.arm == "kd":
       c.loss.kd_weight = 1.0
     elif arg.arm == "aft":

@@ -154,6 +154,10 @@ def base() -> ml_collections.ConfigDict:
   # True: synthetic images are labelled by their prompt's class | False: unlabelled (no CE;
   # they only feed the distillation terms)
   c.data.synthetic_labels = True
+  # True: the train-split images that the data-limited selection (n_per_class / fraction) leaves
+  # out, validation hold-out excluded, join the training rows unlabelled (label -1: no CE; they
+  # only feed the distillation terms), as paper A's extra images but real ones
+  c.data.unlabelled_rest = False
   c.data.augment = ml_collections.ConfigDict()
   c.data.augment.kind = "crop_flip"  # crop_flip | rrc_flip | none
   c.data.augment.pad = 4

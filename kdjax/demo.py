@@ -28,6 +28,7 @@ DESCRIPTIONS = {
     "aft": "paper B: CE + AFT (cached teacher, 32 views)",
     "kd": "KD only: CE + KD (online teacher)",
     "feature_kd": "feature-KD baseline (cached teacher)",
+    "unlabelled": "paper A + the left-out train images, unlabelled (online teacher)",
 }
 
 

@@ -34,6 +34,7 @@ class Result:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Result:
+  partial_labels = _partial_labels(config)  # refuses unlabelled rows that nothing would use
   os.makedirs(workdir, exist_ok=True)
   root_key = jax.random.key(config.seed)
   init_key, aug_key, dropout_key = (jax.random.fold_in(root_key, i) for i in range(3))
@@ -124,11 +125,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
                f"{num_params:,}", f"{num_frozen:,}")
 
   # ---------------------------------------------------------------- Steps
-  partial_labels = bool(config.data.synthetic) and not config.data.synthetic_labels
-  if partial_labels and (distiller is None or len(distiller.weights) < 2):
-    raise ValueError("data.synthetic_labels=False leaves the synthetic images unlabelled, so "
-                     "only distillation terms can use them: set a loss.*_weight (kd, align, "
-                     "unif, aft, feature_kd) and teacher.models, or data.synthetic_labels=True")
   train_step = jax.jit(
       steps.make_train_step(model, tx, config.loss, data.num_classes, distiller,
                             partial_labels),
@@ -300,6 +296,23 @@ def _load_teachers(config) -> tuple[list, list]:
                            default=None)
     records.append(record)
   return loaded, records
+
+
+def _partial_labels(config) -> bool:
+  """Whether some training rows are unlabelled (label -1: synthetic images with
+  data.synthetic_labels=False, or data.unlabelled_rest); only distillation terms can use those,
+  so a run without any is refused here, before anything is read or compiled."""
+  d = config.data
+  unlabelled_synthetic = bool(d.synthetic) and not d.synthetic_labels
+  if unlabelled_synthetic and not distill.needs_teacher(config.loss):
+    raise ValueError("data.synthetic_labels=False leaves the synthetic images unlabelled, so "
+                     "only distillation terms can use them: set a loss.*_weight (kd, align, "
+                     "unif, aft, feature_kd) and teacher.models, or data.synthetic_labels=True")
+  if d.unlabelled_rest and not distill.needs_teacher(config.loss):
+    raise ValueError("data.unlabelled_rest=True adds unlabelled images, so only distillation "
+                     "terms can use them: set a loss.*_weight (kd, align, unif, aft, "
+                     "feature_kd) and teacher.models, or data.unlabelled_rest=False")
+  return unlabelled_synthetic or bool(d.unlabelled_rest)
 
 
 def _check_finite(step: int, means: dict) -> None:

@@ -155,3 +155,33 @@ def test_eval_counts_every_example_once_with_a_ragged_last_batch(tfds_dir):
   shifted = logits - logits.max(1, keepdims=True)
   logp = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
   assert got["loss"] == pytest.approx(-np.mean(logp[np.arange(37), labels]), rel=1e-4)
+
+
+def test_unlabelled_rest_adds_the_left_out_train_images_without_labels(tfds_dir):
+  """data.unlabelled_rest: after the labelled selection come exactly the train images it left
+  out, label -1, never a validation image; a run with no distillation term is refused."""
+  cfg = tiny_config(tfds_dir, **{"data.val_fraction": 0.1, "data.n_per_class": 5,
+                                 "data.unlabelled_rest": True})
+  data = pipeline.build(cfg.data, shd.make_mesh(), 0, 16, 32)
+  src = data.train.source.parts[1]  # the real train split (already decoded, in memory)
+  labels = src.labels()
+  chosen, val = sources.split_train_val(labels, cfg.data, cfg.data.subset_seed)
+  rows, n = data.train.rows, len(chosen)
+  assert n == 50 and len(rows) == len(src) - len(val) == len(src) - data.evals["val"].num_examples
+  np.testing.assert_array_equal(rows[:n], chosen)
+  rest = rows[n:] - len(src)  # rows of the second (unlabelled) part -> rows of the split
+  assert not set(rest) & set(val) and not set(rest) & set(chosen)
+  assert set(rest) | set(chosen) | set(val) == set(range(len(src)))
+  images, got = data.train.source.read(rows)
+  np.testing.assert_array_equal(got[:n], labels[chosen])
+  assert (got[n:] == -1).all()
+  np.testing.assert_array_equal(images[n:], src.read(rest)[0])
+
+  from kdjax import train
+  with pytest.raises(ValueError, match="unlabelled_rest=True adds unlabelled images"):
+    train.train_and_evaluate(cfg, "/nonexistent/never-written")  # CE only: refused first
+  cfg.loss.kd_weight = 1.0
+  assert train._partial_labels(cfg) is True
+  cfg.data.n_per_class = None
+  with pytest.raises(ValueError, match="set data.n_per_class or data.fraction"):
+    pipeline.build(cfg.data, shd.make_mesh(), 0, 16, 32)

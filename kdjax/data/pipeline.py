@@ -225,6 +225,15 @@ def with_synthetic(real: sources.Source, rows: np.ndarray, cfg, labels=None):
   return sources.ConcatSource(parts, unlabelled), np.concatenate(all_rows)
 
 
+def with_unlabelled(source, rows: np.ndarray, real: sources.Source, extra: np.ndarray):
+  """(source, rows) followed by the rows `extra` of the real train split read without labels
+  (label -1; `data.unlabelled_rest`): the training rows, then len(source) + extra."""
+  logging.info("training rows: %d + %d unlabelled (left out by the data-limited selection: "
+               "distillation terms only)", len(rows), len(extra))
+  return (sources.ConcatSource([source, real], unlabelled=(1,)),
+          np.concatenate([rows, len(source) + np.asarray(extra, np.int64)]))
+
+
 def _check_generated_for(directory: str, real: sources.Source, rows: np.ndarray,
                          labels=None) -> None:
   """Warns when a set generated as a multiple of the real per-class counts was made for another
@@ -250,6 +259,9 @@ def build(cfg, mesh, seed: int, global_batch: int, eval_batch: int) -> Data:
   """Opens the configured TFDS dataset and builds its train/val/test inputs."""
   shd.check_global_batch(global_batch, mesh, "batch_size")
   shd.check_global_batch(eval_batch, mesh, "eval_batch_size")
+  if cfg.unlabelled_rest and not (cfg.n_per_class or cfg.fraction):
+    raise ValueError("data.unlabelled_rest=True adds the training images that the data-limited "
+                     "selection leaves out: set data.n_per_class or data.fraction")
   train_src = sources.open_source(cfg, cfg.train_split)
   needs_labels = cfg.val_fraction > 0 or cfg.n_per_class or cfg.fraction
   labels = train_src.labels() if needs_labels else None
@@ -257,9 +269,14 @@ def build(cfg, mesh, seed: int, global_batch: int, eval_batch: int) -> Data:
     train_rows, val_rows = sources.split_train_val(labels, cfg, cfg.subset_seed)
   else:
     train_rows, val_rows = np.arange(len(train_src)), np.arange(0)
+  rest = None
+  if cfg.unlabelled_rest:
+    rest = sources.left_out(len(train_src), train_rows, val_rows)
   source = train_src
   if cfg.synthetic:
     source, train_rows = with_synthetic(train_src, train_rows, cfg, labels)
+  if rest is not None:
+    source, train_rows = with_unlabelled(source, train_rows, train_src, rest)
   train = TrainInput(source, train_rows, cfg, mesh, global_batch, seed)
   evals = {}
   if len(val_rows):

@@ -189,3 +189,9 @@ def split_train_val(labels: np.ndarray, cfg, seed: int) -> tuple[np.ndarray, np.
       rest = rest[:max(1, int(round(cfg.fraction * len(rest))))]
     train.append(rest)
   return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def left_out(num_examples: int, train: np.ndarray, val: np.ndarray) -> np.ndarray:
+  """The rows of a split that are in neither `train` nor `val` (sorted): the images a
+  data-limited selection (`split_train_val`) leaves out, never the validation hold-out."""
+  return np.setdiff1d(np.arange(num_examples), np.concatenate([train, val]))
