@@ -91,19 +91,24 @@ def test_reference_teacher_pixels_equal_kdjax():
 
 
 def test_bench_cli_writes_table_and_ratios(tmp_path):
+  """The CLI end to end on its cheapest row (a teacher forward; the train-step rows share the
+  same timing and reporting code): the real-architecture teacher saved by transformers, loaded
+  by kdjax.teachers, timed beside the HF PyTorch model."""
   out = str(tmp_path / "bench")
-  proc = run_python(["-m", "kdjax.bench", "--config=configs/demo.py:arm=scratch",
-                     "--config.model.width=8", "--config.data.image_size=8", "--batch=4",
-                     "--rows=cached", "--families=mobilenet_v2", "--cached_losses=aft",
-                     "--teacher_size=32", "--steps=1", "--warmup=1", f"--out={out}"])
+  proc = run_python(["-m", "kdjax.bench", "--config=configs/demo.py:arm=scratch", "--batch=2",
+                     "--rows=teacher", "--families=mobilenet_v2", "--teacher_size=32",
+                     "--steps=2", "--warmup=1", f"--out={out}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.load(open(out + ".json"))
   (row,) = result["rows"]
-  assert row["row"] == "aft, mobilenet_v2 cached" and row["loss"] == {"ce": 1.0, "aft": 1.0}
-  assert row["kdjax"]["seconds"] > 0 and row["kdjax"]["xla_flops"] > 0
-  assert set(row["torch"]) == {"channels_last"} and row["torch"]["channels_last"]["seconds"] > 0
+  assert row["row"] == "teacher mobilenet_v2 forward" and row["batch"] == 2
+  assert row["checkpoint"] == "google/mobilenet_v2_1.0_224"
+  assert row["kdjax"]["seconds"] > 0 and len(row["kdjax"]["all_seconds"]) == 2
+  # MobileNetV2 1.0: 0.30 GMACs = 0.60 GFLOPs at 224 px; x (32/224)^2 at 32 px = 12.2 MFLOPs
+  assert 2 * 0.8 * 12.2e6 < row["kdjax"]["xla_flops"] < 2 * 1.3 * 12.2e6
+  assert set(row["torch"]) == {"nchw"} and row["torch"]["nchw"]["seconds"] > 0
   assert row["kdjax_over_torch"] == pytest.approx(
-      row["kdjax"]["images_per_s"] / row["torch"]["channels_last"]["images_per_s"])
+      row["kdjax"]["images_per_s"] / row["torch"]["nchw"]["images_per_s"])
   assert result["machine"]["cpus"] == os.cpu_count() and result["machine"]["torch"]
   table = open(out + ".md").read()
-  assert "| aft, mobilenet_v2 cached | 4 |" in table and "kdjax / torch" in table
+  assert "| teacher mobilenet_v2 forward | 2 |" in table and "kdjax / torch" in table
