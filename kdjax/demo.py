@@ -22,7 +22,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of every run.")
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "demo.py")
 DESCRIPTIONS = {
-    "teacher": "teacher: ResNet-18 w32, all 1,293 labelled train images",
+    "teacher": "teacher: ResNet-18 w32, all 1,294 labelled train images",
     "scratch": "student from scratch, CE",
     "distill": "paper A: CE + KD + align + unif (online teacher)",
     "aft": "paper B: CE + AFT (cached teacher, 32 views)",
