@@ -4,7 +4,9 @@ r"""Benchmarks: kdjax's train steps and teacher forwards beside a PyTorch eager 
   python -m kdjax.bench --config=configs/resnet18_cifar.py --out=experiments/results/bench_cpu
 
 Rows (`--rows`), each timed after warm-up as the median of `--steps` calls on a fixed batch
-(input pipeline excluded on both sides), in one process on one machine:
+(input pipeline excluded on both sides), in one process on one machine; all rows are built and
+warmed up first, then timed round-robin (one call of every row, kdjax and torch, per round), so
+a drift in the machine's speed affects every row alike:
   student    the config's student, CE only: the trainer's jitted step (train-mode forward,
              loss, backward, optimizer update, state donated)
   teacher    each teacher family's eval forward at `--teacher_size` px (batch `--teacher_batch`)
@@ -57,6 +59,9 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls first (compilation in
 _TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch eager reference.")
 _LAYOUTS = flags.DEFINE_list("torch_layouts", ["channels_last", "nchw"],
                              "Reference memory layouts of the student row (the others: first).")
+_INTERLEAVE = flags.DEFINE_bool(
+    "interleave", True, "Time the rows round-robin (one call of each row per round) rather than "
+    "one row after another: robust to a machine whose speed drifts.")
 _OUT = flags.DEFINE_string("out", "", "Write OUT.json and OUT.md.")
 
 ARCHITECTURES = {  # family -> (HF class, Hub checkpoint whose config.json shape is used, kwargs)
@@ -107,6 +112,21 @@ def time_calls(fn, steps: int, warmup: int) -> dict:
     fn()
     times.append(time.perf_counter() - t)
   return {"seconds": statistics.median(times), "min_seconds": min(times), "all_seconds": times}
+
+
+def interleaved(pending, steps: int) -> list[dict]:
+  """Times every call of every row once per round, `steps` rounds: a machine whose speed drifts
+  (shared CPUs, clocks, thermals) then slows every row alike, so rows and the kdjax/torch ratio
+  within a row stay comparable. Returns per row {call name: time_calls-like record}."""
+  samples = [{k: [] for k in calls} for *_, calls, _, _ in pending]
+  for _ in range(steps):
+    for (*_, calls, _, _), out in zip(pending, samples):
+      for k, fn in calls.items():
+        t = time.perf_counter()
+        fn()
+        out[k].append(time.perf_counter() - t)
+  return [{k: {"seconds": statistics.median(v), "min_seconds": min(v), "all_seconds": v}
+           for k, v in out.items()} for out in samples]
 
 
 def save_random_teacher(family: str, directory: str, num_classes: int):
@@ -328,23 +348,26 @@ def main(argv):
   student_bf16 = config.model.dtype == "bfloat16"
   teacher_bf16 = config.teacher.dtype == "bfloat16"
   info = machine_info()
-  result = {"command": " ".join(sys.argv), "machine": info, "batch": batch,
+  result = {"command": " ".join(["python -m kdjax.bench", *sys.argv[1:]]), "machine": info,
+            "batch": batch,
             "teacher_batch": teacher_batch, "teacher_size": _TEACHER_SIZE.value,
             "num_classes": _NUM_CLASSES.value, "student": config.model.to_dict(),
             "image_size": config.data.image_size, "optimizer": config.optimizer.to_dict(),
             "peak_flops": peak, "matmul_gflops_before": matmul_gflops(), "rows": []}
   steps_, warmup = _STEPS.value, _WARMUP.value
+  if warmup < 1:
+    raise app.UsageError("--warmup must be >= 1: the first call compiles")
   layouts = _LAYOUTS.value
 
+  pending = []  # rows built and warmed up; timed together at the end (interleaved)
+
   def measure(name, kind, n, call, flops, torch_calls=None, **extra):
-    t = time_calls(call, steps_, warmup)
-    tt = {lay: time_calls(fn, steps_, warmup) for lay, fn in (torch_calls or {}).items()}
-    r = row_record(name, kind, n, t, flops, peak, tt, **extra)
-    result["rows"].append(r)
-    print(json.dumps({k: v for k, v in r.items() if k not in ("kdjax", "torch")}
-                     | {"kdjax_ms": round(t["seconds"] * 1e3, 1),
-                        "torch_ms": {lay: round(v["seconds"] * 1e3, 1) for lay, v in tt.items()}}),
-          flush=True)
+    calls = {"kdjax": call, **{f"torch/{lay}": fn for lay, fn in (torch_calls or {}).items()}}
+    for fn in calls.values():
+      for _ in range(warmup):  # compiles and warms up now, times later
+        fn()
+    pending.append((name, kind, n, calls, flops, extra))
+    print(f"built {name}", flush=True)
 
   def torch_step(layout, **kw):
     return ref.make_step(config, bench.num_classes, batch, device=torch_device,
@@ -389,6 +412,17 @@ def main(argv):
         measure(f"{loss_name}, {family} cached", "cached", batch, call, flops, tc,
                 family=family, loss=distill.weights(loss))
       del torch_model, teacher
+  times = interleaved(pending, steps_) if _INTERLEAVE.value else [
+      {k: time_calls(fn, steps_, 0) for k, fn in calls.items()} for *_, calls, _, _ in pending]
+  for (name, kind, n, _, flops, extra), t in zip(pending, times):
+    tt = {k.split("/", 1)[1]: v for k, v in t.items() if k.startswith("torch/")}
+    r = row_record(name, kind, n, t["kdjax"], flops, peak, tt, **extra)
+    result["rows"].append(r)
+    print(json.dumps({k: v for k, v in r.items() if k not in ("kdjax", "torch")}
+                     | {"kdjax_ms": round(t["kdjax"]["seconds"] * 1e3, 1),
+                        "torch_ms": {lay: round(v["seconds"] * 1e3, 1) for lay, v in tt.items()}}),
+          flush=True)
+  result["interleaved"] = _INTERLEAVE.value
   result["matmul_gflops_after"] = matmul_gflops()
 
   header = (f"{info['platform']} {info['device_kind']} x{info['num_devices']} ({info['cpu']}, "
