@@ -14,6 +14,19 @@ from kdjax import runtime  # noqa: E402  (no jax import; must run before any tes
 
 runtime.configure(fast_cpu_convolutions=True)  # as kdjax.main does; subprocesses inherit it
 
+# Tests only: LLVM at -O0 compiles XLA:CPU programs faster (the suite is compile-bound: 30% less
+# time for two config tests measured side by side), at some run-time speed. Same XLA programs, so
+# what the tests check (values, bit-equality between two runs) holds; the demo, the benchmarks
+# and users keep XLA's default. Added to every process the suite starts (see run_python).
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def with_test_flags(xla_flags: str) -> str:
+  return xla_flags if TEST_XLA_FLAGS in xla_flags else f"{xla_flags} {TEST_XLA_FLAGS}".strip()
+
+
+os.environ["XLA_FLAGS"] = with_test_flags(os.environ.get("XLA_FLAGS", ""))
+
 # One persistent XLA compilation cache for the whole test run (all xdist workers and the
 # subprocesses they start): many tests compile the same tiny programs again (resume, 1 vs 8
 # devices, configs), and a cache hit skips a 5-15 s compile. The key includes XLA_FLAGS, so a
@@ -57,6 +70,7 @@ def tiny_config(tfds_dir: str, **overrides):
 def run_python(code_or_args, env_extra=None, timeout=600):
   """Runs `python -c code` (str) or `python args...` (list) from the repo root."""
   env = dict(os.environ, PYTHONPATH=REPO, **(env_extra or {}))
+  env["XLA_FLAGS"] = with_test_flags(env.get("XLA_FLAGS", ""))
   args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
   return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=timeout)

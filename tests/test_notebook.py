@@ -13,6 +13,7 @@ import os
 import sys
 
 import nbformat
+from conftest import with_test_flags
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
@@ -20,9 +21,6 @@ from nbclient import NotebookClient
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "notebooks", "quickstart.ipynb")
 ARMS = ("teacher", "scratch", "distill")
-# XLA's LLVM optimisations are most of the compile time of these tiny programs (the random init
-# of ResNet-18, 2 CPU cores: 15-30 s at the default level, ~2 s at 0); their run time is moot.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
 PROBE = ("import json, os, sys\n"
          "print('PROBE ' + json.dumps({'executable': sys.executable, 'cwd': os.getcwd(), 'env': {"
          "k: os.environ.get(k) for k in ('XLA_FLAGS', 'JAX_COMPILATION_CACHE_DIR', "
@@ -52,7 +50,7 @@ def test_quickstart_notebook_runs(tmp_path, tfds_dir):
       kernel_name="kdjax-test", connection_file=str(tmp_path / "connection.json"),
       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]))
   workdir = tmp_path / "runs"
-  xla_flags = " ".join([os.environ.get("XLA_FLAGS", ""), FAST_COMPILE]).strip()
+  xla_flags = with_test_flags(os.environ.get("XLA_FLAGS", ""))  # conftest: LLVM -O0
   env = dict(os.environ, KDJAX_NOTEBOOK_QUICK="1", KDJAX_NOTEBOOK_WORKDIR=str(workdir),
              TFDS_DATA_DIR=tfds_dir, XLA_FLAGS=xla_flags, IPYTHONDIR=str(tmp_path / "ipython"),
              MPLBACKEND="agg")  # the notebook's `%matplotlib inline` must win over this
