@@ -32,7 +32,6 @@ Expected time for the defaults (teacher + 6 arms x 3 seeds), estimated from sing
 load are recorded in OUT/results.md and results.json). Results: OUT/results.md.
 """
 
-import importlib.util
 import json
 import os
 import sys
@@ -42,7 +41,6 @@ from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-CONFIG = os.path.join(REPO, "configs", "demo.py")
 
 ARMS = ("scratch", "kd", "distill", "aft", "feature_kd", "unlabelled")
 DESCRIPTIONS = {
@@ -69,13 +67,6 @@ _STEPS = flags.DEFINE_integer("steps", 0, "Train steps of every student arm (0: 
                               "500); the teacher keeps its 300.")
 
 
-def _config(arm: str, teacher_dir: str):
-  spec = importlib.util.spec_from_file_location("kdjax_demo_config", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(f"arm={arm},teacher_dir={teacher_dir}")
-
-
 def _last_epoch(run_dir: str) -> float | None:
   """Passes over the training rows at the end (metrics.jsonl's last `epoch`)."""
   epoch = None
@@ -95,9 +86,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def run_one(arm: str, seed: int, run_dir: str, teacher_dir: str,
             cache_dir: str) -> tuple[dict, bool]:
   """Trains (or resumes, or skips when finished) one run: (its record, trained now)."""
-  from kdjax import train
+  from kdjax import demo, train
 
-  config = _config(arm, teacher_dir)
+  config = demo.load_config(f"arm={arm},teacher_dir={teacher_dir}")
   config.seed = seed
   if _STEPS.value and arm != "teacher":
     config.total_steps = _STEPS.value

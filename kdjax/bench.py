@@ -81,7 +81,8 @@ ARCHITECTURES = {  # family -> (HF class, Hub checkpoint whose config.json shape
         depth_multiplier=1.0, image_size=224, tf_padding=True)),
 }
 HEADLESS = ("dinov2_b14", "clip_b16")  # no classification head: no KD term, no logits
-LOSSES = {
+LOSSES = {  # name -> non-CE weights (every other distillation weight set to 0); None: as config
+    "ce": {},
     "paper_a": dict(kd_weight=1.0, align_weight=1.0, unif_weight=1.0),
     "aft": dict(aft_weight=1.0),
     "feature_kd": dict(feature_kd_weight=1.0),
@@ -150,7 +151,7 @@ def loss_config(config, name: str):
   import ml_collections
 
   loss = ml_collections.ConfigDict(config.loss.to_dict())
-  if LOSSES.get(name, "?") == "?":
+  if name not in LOSSES:
     raise ValueError(f"unknown loss {name!r}; valid: {sorted(LOSSES)}")
   if LOSSES[name] is not None:
     for term in ("kd", "align", "unif", "aft", "feature_kd"):
@@ -201,7 +202,7 @@ class Bench:
   def __init__(self, config, batch: int, num_classes: int):
     import jax
 
-    from kdjax import models, optim
+    from kdjax import models
     from kdjax import sharding as shd
 
     self.config, self.batch, self.num_classes = config, batch, num_classes
@@ -214,7 +215,6 @@ class Bench:
     (_, out), _ = jax.eval_shape(
         lambda: self.model.init_with_output(jax.random.key(0), jax.numpy.zeros((1, s, s, 3))))
     self.student_features = int(out["pre_logits"].shape[-1])
-    self.optim = optim
     k1, k2 = jax.random.split(jax.random.key(1))
     self.batch_arrays = {
         "image": jax.device_put(jax.random.normal(k1, (batch, s, s, 3)), self.batch_sh),
@@ -224,14 +224,14 @@ class Bench:
     """(one-call closure, XLA FLOPs per call) of the trainer's train step."""
     import jax
 
-    from kdjax import distill, steps
+    from kdjax import distill, optim, steps
 
     config = self.config
     distiller = None
     if mode != "student":
       distiller = distill.Distiller(loss, list(views), self.num_classes, self.student_features,
                                     config.data.mean, config.data.std, cached=mode == "cached")
-    tx = self.optim.build(config.optimizer, self.optim.schedule(config.optimizer, 1000, 100),
+    tx = optim.build(config.optimizer, optim.schedule(config.optimizer, 1000, 100),
                           loss.prior_learning_rate)
     init = lambda key: steps.create_train_state(self.model, tx, self.image_shape, key,  # noqa: E731
                                                 distiller=distiller)
@@ -374,7 +374,7 @@ def main(argv):
                          channels_last=layout == "channels_last", bf16=student_bf16, **kw)
 
   if "student" in _ROWS.value:
-    call, flops = bench.train_step(_ce_only(config))
+    call, flops = bench.train_step(loss_config(config, "ce"))
     tc = {lay: torch_step(lay, weights={"ce": float(config.loss.ce_weight)})
           for lay in layouts} if use_torch else None
     measure(f"student {config.model.name} (CE)", "student", batch, call, flops, tc)
@@ -439,13 +439,6 @@ def main(argv):
       json.dump(result, f, indent=2)
     with open(_OUT.value + ".md", "w") as f:
       f.write(f"`{result['command']}`\n\n{text}\n")
-
-
-def _ce_only(config):
-  loss = loss_config(config, "config")
-  for term in ("kd", "align", "unif", "aft", "feature_kd"):
-    loss[f"{term}_weight"] = 0.0
-  return loss
 
 
 def _for_teacher(loss, family):

@@ -134,7 +134,7 @@ def _num_classes(config) -> int:
   """The task's class count, from its dataset's metadata (no image is read)."""
   from kdjax.data import sources
 
-  return sources._builder(config.data).info.features["label"].num_classes
+  return sources.dataset_builder(config.data).info.features["label"].num_classes
 
 
 def table(a: dict) -> str:

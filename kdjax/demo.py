@@ -32,7 +32,8 @@ DESCRIPTIONS = {
 }
 
 
-def _config(arg: str):
+def load_config(arg: str):
+  """configs/demo.py's `get_config(arg)` (the file lives outside the package)."""
   spec = importlib.util.spec_from_file_location("kdjax_demo_config", CONFIG)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -62,7 +63,7 @@ def main(argv):
   teacher_dir = os.path.join(workdir, "teacher")
   rows = []
   for arm in ["teacher", *_ARMS.value]:
-    config = _config(f"arm={arm},teacher_dir={teacher_dir}")
+    config = load_config(f"arm={arm},teacher_dir={teacher_dir}")
     config.seed = _SEED.value
     print(f"--- {arm}: {DESCRIPTIONS.get(arm, arm)}", flush=True)
     m = train.train_and_evaluate(config, os.path.join(workdir, arm)).metrics

@@ -142,7 +142,7 @@ def real_dataset(config):
   same selection (data.val_fraction, n_per_class, fraction) the trainer will use."""
   from kdjax.data import sources
 
-  builder = sources._builder(config.data)
+  builder = sources.dataset_builder(config.data)
   if not builder.is_prepared():  # e.g. cifar100's names are read from its files at preparation
     raise GenerateError(
         f"dataset {config.data.name!r} is not prepared under "

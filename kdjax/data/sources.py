@@ -70,7 +70,8 @@ class Source:
     return image
 
 
-def _builder(cfg) -> tfds.core.DatasetBuilder:
+def dataset_builder(cfg) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of dataset `cfg.name` (kdjax's local ones prepared on first use)."""
   data_dir = cfg.data_dir or None
   if cfg.name in LOCAL_BUILDERS:
     builder = LOCAL_BUILDERS[cfg.name](data_dir=data_dir, file_format="array_record")
@@ -90,7 +91,7 @@ def _builder(cfg) -> tfds.core.DatasetBuilder:
 
 def open_source(cfg, split: str) -> Source:
   """Opens `split` (any TFDS split string, e.g. 'train[:90%]') of dataset `cfg.name`."""
-  builder = _builder(cfg)
+  builder = dataset_builder(cfg)
   try:
     records = builder.as_data_source(split=split)
   except Exception as e:  # TFDS raises several types for "not prepared / wrong format"
