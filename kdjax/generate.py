@@ -34,12 +34,13 @@ import logging as std_logging
 import os
 import re
 import shutil
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
+
+from kdjax import errors
 
 SPEC_FILE = "generate.json"
 SPLIT = "train"
@@ -53,7 +54,7 @@ SCHEDULERS = {"dpm_multistep": "FlaxDPMSolverMultistepScheduler", "ddim": "FlaxD
               "pndm": "FlaxPNDMScheduler"}
 
 
-class GenerateError(ValueError):
+class GenerateError(errors.UserError):
   """Generation cannot start or resume; the message says how to fix it."""
 
 
@@ -819,11 +820,7 @@ def main(argv):
 
   del argv
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  try:
-    report = generate(config, workdir)
-  except GenerateError as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
+  report = generate(config, workdir)  # bad input: kdjax.cli prints one line, exits 2
   import jax
   if jax.process_index() == 0:
     rate = report.get("images_per_s")
@@ -834,6 +831,8 @@ def main(argv):
 def run():
   from absl import app, flags
   from ml_collections import config_flags
+
+  from kdjax import cli
 
   config_flags.DEFINE_config_file("config", None, "configs/synth/<task>.py", lock_config=True)
   flags.DEFINE_string("workdir", None, "Output: the synthetic TFDS dataset directory.")
@@ -850,7 +849,7 @@ def run():
       runtime.initialize_distributed()
     main(argv)
 
-  app.run(start)
+  cli.run(start)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ r"""kdjax command line: flags only.
       --config.optimizer.learning_rate=0.05
 
 The config is locked: an override of a key that does not exist fails and names the key.
+Exit status: 0 done, 2 bad input (one line naming the fix), 3 a NaN/inf loss, 143 stopped by
+SIGTERM after saving a checkpoint (the same command resumes); see kdjax/errors.py.
 For several processes (TPU pod slice, multi-node GPU) pass --distributed (see README).
 """
 
 import logging as std_logging
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -19,6 +20,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_conf
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, logs.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-process runs).")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "The workdir holds a run of a different config: delete that run's files "
+    "(checkpoints, metrics, its teacher cache) and start again. Without it such a workdir is "
+    "refused.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -41,13 +46,9 @@ def main(argv):
 
   if _DISTRIBUTED.value:
     runtime.initialize_distributed()
-  from kdjax import teachers, train
+  from kdjax import train
 
-  try:
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except teachers.TeacherLoadError as e:  # the message names the fix: no traceback needed
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   if jax.process_index() == 0:
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()}
     logging.info("final: %s", shown)
@@ -57,15 +58,9 @@ def main(argv):
 
 
 def run():
-  try:
-    app.run(main)
-  except (KeyError, AttributeError) as e:
-    # ml_collections reports a mistyped --config.x override as one of these, before main runs.
-    while e.args and isinstance(e.args[0], BaseException):  # AttributeError(KeyError(msg))
-      e = e.args[0]
-    message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
-    print(f"config error: no such key {message}", file=sys.stderr)
-    sys.exit(2)
+  from kdjax import cli  # bad input: one line and exit status 2 (kdjax/errors.py lists them)
+
+  cli.run(main)
 
 
 if __name__ == "__main__":

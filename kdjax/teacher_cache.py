@@ -31,15 +31,15 @@ import numpy as np
 from absl import logging
 from array_record.python import array_record_module
 
+from kdjax import errors, steps
 from kdjax import sharding as shd
-from kdjax import steps
 from kdjax.data import augment
 
 SHARD = 1024  # training positions per shard
 VERSION = 1
 
 
-class TeacherCacheError(ValueError):
+class TeacherCacheError(errors.UserError):
   """A cache that cannot be used as it is; the message names the fix."""
 
 

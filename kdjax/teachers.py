@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax import errors
 from kdjax import sharding as shd
 from kdjax.models.teachers import common
 
@@ -52,7 +53,7 @@ HUB_FILES = ["config.json", "preprocessor_config.json", SAFETENSORS_NAME, SAFETE
              "model-*-of-*.safetensors"]
 
 
-class TeacherLoadError(ValueError):
+class TeacherLoadError(errors.UserError):
   """A teacher could not be loaded; the message says how to fix it."""
 
 

@@ -33,7 +33,8 @@ class Result:
   metrics: dict  # final evaluation metrics and the run's cost record
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Result:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       overwrite: bool = False) -> Result:
   partial_labels = _partial_labels(config)  # refuses unlabelled rows that nothing would use
   os.makedirs(workdir, exist_ok=True)
   root_key = jax.random.key(config.seed)
