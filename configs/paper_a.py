@@ -149,51 +149,38 @@ def get_config(arg=None):
   return c
 
 
-def prepare_mit_indoor67(src: str, data_dir: str) -> None:
+def prepare_mit_indoor67(src: str, data_dir: str, overwrite: bool = False) -> str:
   """Writes MIT Indoor-67 (SRC/Images/<class>/*.jpg, SRC/TrainImages.txt, SRC/TestImages.txt,
   the official 80/20 per-class lists) as the TFDS dataset `mit_indoor67` (array_record) under
-  data_dir. Images are re-encoded as RGB PNG with Pillow, so no TensorFlow is needed."""
-  import io
+  data_dir, with kdjax's folder writer (kdjax/data/folder.py: every image decoded before anything
+  is written, stored as RGB PNG, no TensorFlow). Returns the dataset's directory."""
+  from kdjax import errors
+  from kdjax.data import folder
 
-  import tensorflow_datasets as tfds
-  from PIL import Image
-
-  images = os.path.join(src, "Images")
+  images = os.path.join(os.path.expanduser(src), "Images")
+  if not os.path.isdir(images):
+    raise errors.UserError(f"{src} has no Images/ folder: extract indoorCVPR_09.tar into it")
   classes = sorted(d for d in os.listdir(images) if os.path.isdir(os.path.join(images, d)))
-
-  class MitIndoor67(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    name = "mit_indoor67"
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self):
-      return tfds.core.DatasetInfo(
-          builder=self, description="MIT Indoor-67 (Quattoni & Torralba, CVPR 2009).",
-          features=tfds.features.FeaturesDict({
-              "image": tfds.features.Image(shape=(None, None, 3)),
-              "label": tfds.features.ClassLabel(names=classes)}),
-          supervised_keys=("image", "label"),
-          homepage="http://web.mit.edu/torralba/www/indoor.html")
-
-    def _split_generators(self, dl_manager):
-      del dl_manager  # local files only
-      return {"train": self._generate_examples("TrainImages.txt"),
-              "test": self._generate_examples("TestImages.txt")}
-
-    def _generate_examples(self, listing):
-      with open(os.path.join(src, listing)) as f:
-        files = f.read().split()
-      for rel in files:
-        buf = io.BytesIO()
-        with Image.open(os.path.join(images, rel)) as image:
-          image.convert("RGB").save(buf, format="PNG")
-        buf.seek(0)
-        yield rel, {"image": buf, "label": rel.split("/")[0]}
-
-  MitIndoor67(data_dir=os.path.expanduser(data_dir), file_format="array_record"
-              ).download_and_prepare()
+  splits = {}
+  for split, listing in (("train", "TrainImages.txt"), ("test", "TestImages.txt")):
+    path = os.path.join(os.path.expanduser(src), listing)
+    if not os.path.isfile(path):
+      raise errors.UserError(f"{path} is missing: download it from the dataset's page")
+    with open(path) as f:
+      splits[split] = [folder.Example(rel, os.path.join(images, rel), rel.split("/")[0])
+                       for rel in f.read().split()]
+  return folder.write("mit_indoor67", data_dir, classes, splits, overwrite=overwrite,
+                      description="MIT Indoor-67 (Quattoni & Torralba, CVPR 2009).",
+                      homepage="http://web.mit.edu/torralba/www/indoor.html")
 
 
 if __name__ == "__main__":
+  from kdjax import errors
+
   if len(sys.argv) != 4 or sys.argv[1] != "mit_indoor67":
     sys.exit("usage: PYTHONPATH=. python configs/paper_a.py mit_indoor67 SRC DATA_DIR")
-  prepare_mit_indoor67(sys.argv[2], sys.argv[3])
+  try:
+    print(f"prepared mit_indoor67 in {prepare_mit_indoor67(sys.argv[2], sys.argv[3])}")
+  except errors.UserError as e:  # one line, no traceback, as kdjax's commands
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(errors.EXIT_USER_ERROR)

@@ -85,7 +85,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         fix = f"pass a value of the key's type ({e})"
       print(f"config error: --config.{key}={value}: {fix}", file=sys.stderr)
     else:
-      print(f"error: {e}; see --helpshort", file=sys.stderr)
+      print(f"error: {'; '.join(str(e).splitlines())}; see --helpshort", file=sys.stderr)
     sys.exit(errors.EXIT_USER_ERROR)
   except (KeyError, AttributeError) as e:
     # ml_collections reports a mistyped --config.x override as one of these.
@@ -106,7 +106,7 @@ def run(main) -> None:
     try:
       main(argv)
     except errors.UserError as e:
-      print(f"error: {e}", file=sys.stderr)
+      print(f"error: {' '.join(str(e).splitlines())}", file=sys.stderr)
       sys.exit(errors.EXIT_USER_ERROR)
     except errors.NonFiniteLoss as e:
       print(f"error: {e}", file=sys.stderr)

@@ -3,13 +3,21 @@
 A config file's `get_config(arg)` receives the text after ':' in
 `--config=configs/name.py:runlocal,seed=3` and starts from `base()`, which lists every key a user
 can tune (the config is locked by main.py, so a mistyped override fails and names the key).
+`validate(config)` refuses unknown names and impossible values before the trainer reads or
+writes anything; the valid names come from the tables of the modules that use them.
 """
+
+import numbers
 
 import ml_collections
 from ml_collections import config_dict
 
+from kdjax import errors
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+# data.normalization: auto (a pre-trained model's own mean/std, see base()) | config
+NORMALIZATIONS = ("auto", "config")
 
 
 def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
@@ -18,7 +26,7 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
   for item in filter(None, (arg or "").split(",")):
     key, _, value = item.partition("=")
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}; valid: {sorted(defaults)}")
+      raise errors.UserError(f"unknown config argument {key!r}; valid: {sorted(defaults)}")
     kind = type(defaults[key])
     if kind is bool:
       out[key] = value.lower() in ("", "1", "true", "yes")
@@ -122,6 +130,8 @@ def base() -> ml_collections.ConfigDict:
   c.teacher.fsdp_min_size = 2**16
   c.teacher.cache_dir = ""  # cached: empty = WORKDIR/teacher_cache; set it to share a cache
   c.teacher.cache_views = 1  # cached: augmented views per training image (K >= 1)
+  # cached: training positions per cache shard, the unit a killed cache build resumes from
+  c.teacher.cache_shard_size = 1024
   c.teacher.evaluate = True  # evals also report teacher accuracy and student-teacher agreement
 
   c.data = ml_collections.ConfigDict()
@@ -165,6 +175,92 @@ def base() -> ml_collections.ConfigDict:
   c.data.augment.scale = (0.08, 1.0)
   c.data.augment.ratio = (3 / 4, 4 / 3)
   return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Refuses a trainer config (base()'s keys) with an unknown name or an impossible value:
+  errors.UserError naming the key, the value and what is valid. Reads nothing but the config."""
+  # late: config files import this module, and these import JAX
+  from kdjax import distill, models, optim, teachers
+  from kdjax import sharding as shd
+  from kdjax.data import augment
+
+  c = config
+  models.check(c.model)
+  distill.check(c.loss, has_teachers=bool(c.teacher.models.strip(", ")))
+  for key, table in [("optimizer.name", optim.OPTIMIZERS),
+                     ("optimizer.schedule", optim.SCHEDULES),
+                     ("teacher.mode", distill.TEACHER_MODES),
+                     ("teacher.dtype", teachers.DTYPES),
+                     ("teacher.param_sharding", shd.PARAM_SHARDINGS),
+                     ("data.normalization", NORMALIZATIONS),
+                     ("data.augment.kind", augment.KINDS)]:
+    if _get(c, key) not in table:
+      raise errors.UserError(f"unknown {key} {_get(c, key)!r}; valid: {sorted(table)}")
+
+  def check(key, ok, what, none_ok=False):
+    value = _get(c, key)
+    if value is None and none_ok:
+      return
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not number or not ok(value):
+      raise errors.UserError(f"{key}={value!r}: must be {what}")
+
+  positive, non_negative = lambda v: v > 0, lambda v: v >= 0
+  for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
+              "max_to_keep", "model.width", "model.width_multiplier", "loss.kd_temperature",
+              "loss.align_alpha", "loss.unif_t", "loss.proj_dim", "teacher.cache_views",
+              "teacher.cache_shard_size", "data.image_size"):
+    check(key, positive, "> 0")
+  for key in ("total_steps", "total_epochs", "eval_every_steps", "data.n_per_class"):
+    check(key, positive, "> 0 (or None: unset)", none_ok=True)
+  for key in ("optimizer.warmup_steps", "optimizer.warmup_epochs", "data.load_size",
+              "data.synthetic_per_class"):
+    check(key, non_negative, ">= 0 (or None: unset)", none_ok=True)
+  for key in ("optimizer.learning_rate", "optimizer.weight_decay", "optimizer.backbone_lr_scale",
+              "loss.ce_weight", "loss.prior_learning_rate", "data.augment.pad"):
+    check(key, non_negative, ">= 0")
+  for key in ("loss.label_smoothing", "model.dropout_rate", "optimizer.momentum",
+              "optimizer.b1", "optimizer.b2", "data.val_fraction"):
+    check(key, lambda v: 0 <= v < 1, "in [0, 1)")
+  for key in ("data.fraction", "data.synthetic_fraction"):
+    check(key, lambda v: 0 < v <= 1, "in (0, 1] (or None: unset)", none_ok=True)
+  check("data.eval_crop_fraction", lambda v: 0 < v <= 1, "in (0, 1]")
+  for name in ("total", "optimizer.warmup"):
+    if _get(c, f"{name}_steps") is not None and _get(c, f"{name}_epochs") is not None:
+      raise errors.UserError(f"set only one of {name}_steps and {name}_epochs (got "
+                             f"{_get(c, f'{name}_steps')}, {_get(c, f'{name}_epochs')})")
+  if c.total_steps is None and c.total_epochs is None:
+    raise errors.UserError("set total_steps or total_epochs (the run's length)")
+  for a, b in [("n_per_class", "fraction"), ("synthetic_per_class", "synthetic_fraction")]:
+    if c.data[a] is not None and c.data[b] is not None:
+      raise errors.UserError(f"set at most one of data.{a} and data.{b}")
+
+  def numbers_of(key, n):
+    value = _get(c, key)
+    if not (isinstance(value, tuple | list) and len(value) == n and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
+      example = ",".join(["0.5"] * n)
+      raise errors.UserError(f"{key}={value!r}: must be {n} numbers, e.g. "
+                             f"--config.{key}=\"({example})\"")
+    return value
+
+  numbers_of("data.mean", 3)
+  if min(numbers_of("data.std", 3)) <= 0:
+    raise errors.UserError(f"data.std={tuple(c.data.std)}: every value must be > 0")
+  scale, ratio = numbers_of("data.augment.scale", 2), numbers_of("data.augment.ratio", 2)
+  if not 0 < scale[0] <= scale[1] <= 1:
+    raise errors.UserError(f"data.augment.scale={tuple(scale)}: must be (min, max) area "
+                           "fractions with 0 < min <= max <= 1")
+  if not 0 < ratio[0] <= ratio[1]:
+    raise errors.UserError(f"data.augment.ratio={tuple(ratio)}: must be (min, max) aspect "
+                           "ratios with 0 < min <= max")
+
+
+def _get(config, key: str):
+  for part in key.split("."):
+    config = config[part]
+  return config
 
 
 def generate_base() -> ml_collections.ConfigDict:

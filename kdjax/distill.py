@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import losses
+from kdjax import errors, losses
 from kdjax.losses.aft import KERNELS as AFT_KERNELS
 from kdjax.losses.kd import MULTI_TEACHER_MODES
 
@@ -44,7 +44,8 @@ def weights(loss_cfg) -> dict:
   for term in TERMS[1:]:
     w = float(loss_cfg[f"{term}_weight"])
     if w < 0:
-      raise ValueError(f"loss.{term}_weight must be >= 0, got {w}")
+      raise errors.UserError(f"loss.{term}_weight={w}: a loss weight must be >= 0 (0 turns the "
+                             "term off)")
     if w:
       out[term] = w
   return out
@@ -52,6 +53,19 @@ def weights(loss_cfg) -> dict:
 
 def needs_teacher(loss_cfg) -> bool:
   return len(weights(loss_cfg)) > 1
+
+
+def check(loss_cfg, has_teachers: bool) -> None:
+  """Refuses a `config.loss` the step could not compute: an unknown setting, a negative weight,
+  or distillation terms without teachers (`has_teachers`: teacher.models is set)."""
+  terms = sorted(set(weights(loss_cfg)) - {"ce"})
+  for key, table in [("kd_multi_teacher", MULTI_TEACHER_MODES), ("proj_head", PROJECTION_HEADS),
+                     ("aft_kernel", AFT_KERNELS), ("aft_rho", AFT_RHO)]:
+    if loss_cfg[key] not in table:
+      raise errors.UserError(f"unknown loss.{key} {loss_cfg[key]!r}; valid: {sorted(table)}")
+  if terms and not has_teachers:
+    raise errors.UserError(f"loss terms {terms} need teachers: set teacher.models (Hub ids, "
+                           "directories or kdjax run directories), or their loss.*_weight to 0")
 
 
 class ProjectionHead(nn.Module):
@@ -67,7 +81,8 @@ class ProjectionHead(nn.Module):
     if self.kind == "mlp":
       x = nn.relu(nn.Dense(x.shape[-1], name="hidden")(x))
     elif self.kind != "linear":
-      raise ValueError(f"unknown loss.proj_head {self.kind!r}; valid: {list(PROJECTION_HEADS)}")
+      raise errors.UserError(f"unknown loss.proj_head {self.kind!r}; "
+                             f"valid: {sorted(PROJECTION_HEADS)}")
     x = nn.Dense(self.dim, name="out")(x)
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -92,7 +107,8 @@ def view_of(teacher) -> TeacherView:
   out = jax.eval_shape(lambda v, x: teacher.apply(v, x), teacher.variables,
                        jax.ShapeDtypeStruct((2, h, w, 3), jnp.float32))
   if "features" not in out:
-    raise ValueError(f"teacher {teacher.name!r} has no 'features' output")
+    raise errors.UserError(f"teacher {teacher.name!r} has no 'features' output: it cannot be "
+                           "distilled from; pass an image classification checkpoint")
   logits = out.get("logits")
   return TeacherView(
       name=teacher.name, apply=teacher.apply, image_size=(h, w),
@@ -126,9 +142,7 @@ class Distiller:
     self.student_features, self.cached = student_features, cached
     self.data_mean, self.data_std = tuple(data_mean), tuple(data_std)
     self.weights = weights(loss_cfg)
-    if len(self.weights) > 1 and not self.views:
-      raise ValueError(f"loss terms {sorted(set(self.weights) - {'ce'})} need teachers: set "
-                       "teacher.models (Hub ids, directories or kdjax run directories)")
+    check(loss_cfg, has_teachers=bool(self.views))
     self.num_teacher_features = sum(v.num_features for v in self.views)
     # teachers with a head over the task's classes: KD targets, cached logits, teacher accuracy
     self.kd_teachers = [i for i, v in enumerate(self.views) if v.num_logits == num_classes]
@@ -136,19 +150,11 @@ class Distiller:
       wrong = [f"{v.name!r} ({v.num_logits} classes)" for v in self.views
                if v.num_logits != num_classes]
       if wrong:
-        raise ValueError(
+        raise errors.UserError(
             f"KD needs teacher heads with the task's {num_classes} classes; {', '.join(wrong)} "
             "do not match: adapt each teacher to the task first (python -m kdjax.main "
             "--config=configs/adapt.py:model=<hub id>,data=<task> --workdir=DIR) and pass DIR "
             "in teacher.models, or set loss.kd_weight=0")
-      if loss_cfg.kd_multi_teacher not in MULTI_TEACHER_MODES:
-        raise ValueError(f"unknown loss.kd_multi_teacher {loss_cfg.kd_multi_teacher!r}; "
-                         f"valid: {list(MULTI_TEACHER_MODES)}")
-    if loss_cfg.aft_rho not in AFT_RHO:
-      raise ValueError(f"unknown loss.aft_rho {loss_cfg.aft_rho!r}; valid: {list(AFT_RHO)}")
-    if loss_cfg.aft_kernel not in AFT_KERNELS:
-      raise ValueError(f"unknown loss.aft_kernel {loss_cfg.aft_kernel!r}; "
-                       f"valid: {list(AFT_KERNELS)}")
     self.uses_projection = "align" in self.weights or "unif" in self.weights
     self.student_proj = ProjectionHead(loss_cfg.proj_head, loss_cfg.proj_dim)
     self.teacher_proj = ProjectionHead(loss_cfg.proj_head, loss_cfg.proj_dim)

@@ -9,18 +9,24 @@ and all biases (1-D parameters); `optimizer.decay_norm_and_bias=True` decays eve
 import jax
 import optax
 
+from kdjax import errors
+
+OPTIMIZERS = ("sgd", "adam", "adamw")  # optimizer.name
+SCHEDULES = ("cosine", "constant")  # optimizer.schedule
+
 
 def steps_from(cfg, name: str, steps_per_epoch: int, default=None):
   """Reads `cfg.{name}_steps` or `cfg.{name}_epochs` (at most one set) as a step count."""
   steps, epochs = cfg.get(f"{name}_steps"), cfg.get(f"{name}_epochs")
   if steps is not None and epochs is not None:
-    raise ValueError(f"set only one of {name}_steps and {name}_epochs (got {steps}, {epochs})")
+    raise errors.UserError(f"set only one of {name}_steps and {name}_epochs (got {steps}, "
+                           f"{epochs}): leave the other unset (None)")
   if steps is not None:
     return int(steps)
   if epochs is not None:
     return max(1, int(round(epochs * steps_per_epoch)))
   if default is None:
-    raise ValueError(f"set {name}_steps or {name}_epochs in the config")
+    raise errors.UserError(f"set {name}_steps or {name}_epochs in the config")
   return default
 
 
@@ -32,7 +38,8 @@ def schedule(cfg, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
   elif cfg.schedule == "cosine":
     main = optax.cosine_decay_schedule(lr, max(1, total_steps - warmup))
   else:
-    raise ValueError(f"unknown optimizer.schedule {cfg.schedule!r}; valid: ['constant', 'cosine']")
+    raise errors.UserError(f"unknown optimizer.schedule {cfg.schedule!r}; "
+                           f"valid: {sorted(SCHEDULES)}")
   if warmup:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
   return main
@@ -52,7 +59,7 @@ def _base(cfg, lr, weight_decay: float) -> optax.GradientTransformation:
     return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=weight_decay, mask=mask)
   if cfg.name == "adam":
     return optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
-  raise ValueError(f"unknown optimizer.name {cfg.name!r}; valid: ['adam', 'adamw', 'sgd']")
+  raise errors.UserError(f"unknown optimizer.name {cfg.name!r}; valid: {sorted(OPTIMIZERS)}")
 
 
 # Top-level keys of the trainer's auxiliary parameters (kdjax/distill.py) that are "priors":

@@ -11,6 +11,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from kdjax import errors
+
 DATA_AXIS = "data"
 
 
@@ -31,8 +33,8 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def check_global_batch(global_batch: int, mesh: Mesh, what: str = "batch_size") -> None:
   n = mesh.devices.size
   if global_batch % n:
-    raise ValueError(f"{what}={global_batch} is not divisible by the {n} devices of the mesh: "
-                     f"choose a multiple of {n}")
+    raise errors.UserError(f"{what}={global_batch} is not divisible by the {n} devices of the "
+                           f"mesh: choose a multiple of {n}")
 
 
 def global_from_host(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -89,4 +91,4 @@ def param_shardings(tree, mesh: Mesh, mode: str = "replicate", min_size: int = F
   if mode == "fsdp":
     n = mesh.devices.size
     return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), n, min_size)), tree)
-  raise ValueError(f"unknown parameter sharding {mode!r}; valid: {list(PARAM_SHARDINGS)}")
+  raise errors.UserError(f"unknown parameter sharding {mode!r}; valid: {list(PARAM_SHARDINGS)}")

@@ -67,6 +67,21 @@ def tiny_config(tfds_dir: str, **overrides):
   return c
 
 
+TINY_TOTAL_STEPS = 12
+
+
+def tiny_cli_args(tfds_dir: str, workdir, *extra: str) -> list[str]:
+  """`python -m kdjax.main` arguments of the tests' tiny CLI run (ResNet-18 at width 8 on 8 px
+  digits, 12 steps of 16, checkpoints at 4, 8, 12, evaluations at 6 and 12). One command for
+  every CLI test, so they share its compiled programs through the compilation cache above."""
+  return ["-m", "kdjax.main", "--config=configs/demo.py:runlocal", f"--workdir={workdir}",
+          f"--config.data.data_dir={tfds_dir}", "--config.model.width=8",
+          "--config.data.image_size=8", "--config.data.load_size=8",
+          f"--config.total_steps={TINY_TOTAL_STEPS}", "--config.log_every_steps=1",
+          "--config.checkpoint_every_steps=4", "--config.eval_every_steps=6",
+          "--config.max_to_keep=20", *extra]
+
+
 def run_python(code_or_args, env_extra=None, timeout=600):
   """Runs `python -c code` (str) or `python args...` (list) from the repo root."""
   env = dict(os.environ, PYTHONPATH=REPO, **(env_extra or {}))

@@ -8,6 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import tiny_config
 
+from kdjax import errors
 from kdjax import sharding as shd
 from kdjax.data import augment, pipeline, sources
 from kdjax.evaluators import classification
@@ -40,7 +41,7 @@ def test_catalog_dataset_through_tfds_mock_data(tfds_dir):
 def test_unprepared_catalog_dataset_names_the_fix(tmp_path, tfds_dir):
   cfg = tiny_config(tfds_dir).data
   cfg.name, cfg.data_dir = "cifar10", str(tmp_path)
-  with pytest.raises(RuntimeError, match="tfds build cifar10 --file_format=array_record"):
+  with pytest.raises(errors.UserError, match="tfds build cifar10 --file_format=array_record"):
     sources.open_source(cfg, "train")
 
 

@@ -17,6 +17,10 @@ Kinds:
 import jax
 import jax.numpy as jnp
 
+from kdjax import errors
+
+KINDS = ("crop_flip", "rrc_flip", "none")  # data.augment.kind
+
 
 def _crop(image, key, size, pad):
   image = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
@@ -69,8 +73,7 @@ def augment_keys(images_uint8, keys, cfg):
   elif kind == "none":
     x = resize(x, size)
   else:
-    raise ValueError(f"unknown data.augment.kind {kind!r}; valid: ['crop_flip', 'none', "
-                     "'rrc_flip']")
+    raise errors.UserError(f"unknown data.augment.kind {kind!r}; valid: {sorted(KINDS)}")
   if cfg.augment.flip and kind != "none":
     flip_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     do_flip = jax.vmap(lambda k: jax.random.bernoulli(k))(flip_keys)

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from kdjax import errors
 from kdjax import sharding as shd
 from kdjax.data import augment, sources
 
@@ -38,7 +39,8 @@ class TrainInput:
   def __init__(self, source: sources.Source, rows: np.ndarray, cfg, mesh, global_batch: int,
                seed: int):
     if len(rows) < global_batch:
-      raise ValueError(f"batch_size={global_batch} exceeds the {len(rows)} training examples")
+      raise errors.UserError(f"batch_size={global_batch} exceeds the {len(rows)} training "
+                             "examples: lower batch_size")
     self.source, self.rows, self.cfg, self.mesh = source, rows, cfg, mesh
     self.global_batch, self.seed, self.in_memory = global_batch, seed, cfg.in_memory
     self.num_examples = len(rows)
@@ -206,7 +208,8 @@ def with_synthetic(real: sources.Source, rows: np.ndarray, cfg, labels=None):
     chosen = np.arange(len(synth))
     per_class, fraction = cfg.synthetic_per_class, cfg.synthetic_fraction
     if per_class is not None and fraction is not None:
-      raise ValueError("set at most one of data.synthetic_per_class and data.synthetic_fraction")
+      raise errors.UserError("set at most one of data.synthetic_per_class and "
+                             "data.synthetic_fraction")
     if per_class is not None or fraction is not None:
       labels = synth.labels()
       keep = np.zeros(len(chosen), bool)
@@ -260,8 +263,9 @@ def build(cfg, mesh, seed: int, global_batch: int, eval_batch: int) -> Data:
   shd.check_global_batch(global_batch, mesh, "batch_size")
   shd.check_global_batch(eval_batch, mesh, "eval_batch_size")
   if cfg.unlabelled_rest and not (cfg.n_per_class or cfg.fraction):
-    raise ValueError("data.unlabelled_rest=True adds the training images that the data-limited "
-                     "selection leaves out: set data.n_per_class or data.fraction")
+    raise errors.UserError("data.unlabelled_rest=True adds the training images that the "
+                           "data-limited selection leaves out: set data.n_per_class or "
+                           "data.fraction")
   train_src = sources.open_source(cfg, cfg.train_split)
   needs_labels = cfg.val_fraction > 0 or cfg.n_per_class or cfg.fraction
   labels = train_src.labels() if needs_labels else None

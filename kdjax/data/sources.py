@@ -10,13 +10,18 @@ shards are written by kdjax itself and need no TensorFlow at all.
 """
 
 import dataclasses
+import difflib
+import glob
+import json
 import os
+import re
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from kdjax import errors
 from kdjax.data import embedded
 
 # Datasets whose builders ship with kdjax (prepared locally, no network).
@@ -81,12 +86,58 @@ def dataset_builder(cfg) -> tfds.core.DatasetBuilder:
     return builder
   try:
     builder = tfds.builder(cfg.name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"unknown dataset {cfg.name!r}: not a TFDS catalog name nor one of kdjax's "
-                     f"local datasets {sorted(LOCAL_BUILDERS)}. {e}") from e
+  except ValueError as e:
+    if (isinstance(e, tfds.core.registered.DatasetNotFoundError)
+        or "builder name string" in str(e)):  # a name TFDS cannot parse
+      raise unknown_dataset(cfg.name, data_dir) from e
+    raise
   if cfg.download and not builder.is_prepared():
     builder.download_and_prepare(file_format="array_record")
   return builder
+
+
+def _data_dir(data_dir: str | None) -> str:
+  return os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR)
+
+
+def prepared_datasets(data_dir: str | None) -> list[str]:
+  """Names of the datasets prepared under `data_dir` that kdjax reads (array_record, TFDS
+  layout NAME/[CONFIG/]VERSION/dataset_info.json)."""
+  root = _data_dir(data_dir)
+  version = re.compile(r"^\d+\.\d+\.\d+$")  # not TFDS's unfinished *.incomplete* folders
+  names = set()
+  for depth in (2, 3):
+    for path in glob.glob(os.path.join(root, *["*"] * depth, "dataset_info.json")):
+      if not version.match(os.path.basename(os.path.dirname(path))):
+        continue
+      try:
+        with open(path) as f:
+          readable = json.load(f).get("fileFormat") == "array_record"
+      except (OSError, ValueError):
+        readable = False
+      if readable:
+        names.add(os.path.relpath(path, root).split(os.sep)[0])
+  return sorted(names)
+
+
+def unknown_dataset(name: str, data_dir: str | None) -> errors.UserError:
+  """The error for a data.name that is neither prepared in data_dir nor in the TFDS catalog:
+  what is there, the closest catalog names, and how to prepare a dataset."""
+  root = _data_dir(data_dir)
+  local = sorted(set(prepared_datasets(data_dir)) | set(LOCAL_BUILDERS))
+  catalog = [n for n in tfds.list_builders(with_community_datasets=False)
+             if n not in LOCAL_BUILDERS]
+  close = difflib.get_close_matches(name, catalog, n=3, cutoff=0.6)
+  close_local = difflib.get_close_matches(name, local, n=1, cutoff=0.6)
+  hint = f" (did you mean {close_local[0]!r}?)" if close_local else ""
+  return errors.UserError(
+      f"unknown dataset data.name={name!r}{hint}: it is not prepared in {root} and not a TFDS "
+      f"catalog name. Readable here without network: {local}; closest TFDS catalog names: "
+      f"{close}. Set data.name to one of these (and data.data_dir to where it is prepared); "
+      "prepare a catalog dataset once with `tfds build NAME --file_format=array_record "
+      f"--data_dir={root}` (needs network and tensorflow-cpu), or a folder of images "
+      f"SRC/<split>/<class>/<image> with `python -m kdjax.data.folder --src=SRC "
+      f"--data_dir={root} --name=NAME`")
 
 
 def open_source(cfg, split: str) -> Source:
@@ -95,13 +146,14 @@ def open_source(cfg, split: str) -> Source:
   try:
     records = builder.as_data_source(split=split)
   except Exception as e:  # TFDS raises several types for "not prepared / wrong format"
-    data_dir = cfg.data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-    raise RuntimeError(
+    data_dir = _data_dir(cfg.data_dir)
+    cause = (str(e).strip().splitlines() or [""])[0]
+    raise errors.UserError(
         f"dataset {cfg.name!r} split {split!r} is not prepared as array_record under "
         f"{data_dir}. Prepare it once with network access: `pip install tensorflow-cpu && "
         f"tfds build {cfg.name} --file_format=array_record --data_dir={data_dir}`, or set "
         f"--config.data.download=True (needs tensorflow-cpu), or point "
-        f"--config.data.data_dir at a prepared copy. ({type(e).__name__}: {e})") from e
+        f"--config.data.data_dir at a prepared copy. ({type(e).__name__}: {cause})") from e
   label = builder.info.features["label"]
   return Source(name=cfg.name, split=split, records=records, num_classes=label.num_classes,
                 class_names=list(label.names), load_size=cfg.load_size or None,
@@ -114,7 +166,7 @@ def open_synthetic(directory: str, cfg, real: Source) -> Source:
   path = os.path.expanduser(directory)
   if not os.path.isfile(os.path.join(path, "dataset_info.json")):
     spec = os.path.join(path, "generate.json")
-    raise ValueError(
+    raise errors.UserError(
         f"data.synthetic {directory!r} is not a finished TFDS dataset directory (no "
         "dataset_info.json)" + (": its generation has not finished; run the same "
         "`python -m kdjax.generate ... --workdir` again to complete it" if os.path.exists(spec)
@@ -123,7 +175,7 @@ def open_synthetic(directory: str, cfg, real: Source) -> Source:
   builder = tfds.builder_from_directory(path)
   names = list(builder.info.features["label"].names)
   if names != real.class_names:
-    raise ValueError(f"data.synthetic {directory!r} has classes {names[:5]}... but "
+    raise errors.UserError(f"data.synthetic {directory!r} has classes {names[:5]}... but "
                      f"{real.name} has {real.class_names[:5]}...: generate it from "
                      f"{real.name}'s class names (synth config data.name={real.name!r})")
   return Source(name=f"{real.name}+{builder.info.name}", split="train",
@@ -160,8 +212,9 @@ class ConcatSource:
         images[w] = im[j]
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
-      raise ValueError(f"real and synthetic images differ in size {sorted(shapes)}: set "
-                       "--config.data.load_size (or generate at the real size: synth.image_size)")
+      raise errors.UserError(f"real and synthetic images differ in size {sorted(shapes)}: set "
+                             "--config.data.load_size (or generate at the real size: "
+                             "synth.image_size)")
     return (np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8)), labels
 
 
@@ -173,7 +226,7 @@ def split_train_val(labels: np.ndarray, cfg, seed: int) -> tuple[np.ndarray, np.
   training. Returns sorted index arrays into the split, (train, val).
   """
   if cfg.n_per_class and cfg.fraction:
-    raise ValueError("set at most one of data.n_per_class and data.fraction")
+    raise errors.UserError("set at most one of data.n_per_class and data.fraction")
   rng = np.random.default_rng(seed)
   train, val = [], []
   for c in np.unique(labels):
@@ -183,8 +236,9 @@ def split_train_val(labels: np.ndarray, cfg, seed: int) -> tuple[np.ndarray, np.
     rest = idx[n_val:]
     if cfg.n_per_class:
       if cfg.n_per_class > len(rest):
-        raise ValueError(f"data.n_per_class={cfg.n_per_class} but class {c} has only "
-                         f"{len(rest)} training examples")
+        raise errors.UserError(f"data.n_per_class={cfg.n_per_class} but class {c} has only "
+                               f"{len(rest)} training examples: lower data.n_per_class (or "
+                               "data.val_fraction)")
       rest = rest[:cfg.n_per_class]
     elif cfg.fraction:
       rest = rest[:max(1, int(round(cfg.fraction * len(rest))))]

@@ -4,10 +4,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from kdjax import errors
 from kdjax.models import cpu_conv, hub
 from kdjax.models.students import mobilenet_v2, resnet
+from kdjax.sharding import PARAM_SHARDINGS
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype (compute)
+CONV_IMPLS = ("auto", "cpu", "xla")  # model.conv_impl (see conv_function)
 
 
 def _resnet18(num_classes, cfg, dtype, conv):
@@ -33,24 +36,44 @@ def build_student(cfg: ml_collections.ConfigDict, num_classes: int):
   return build(cfg, num_classes)[0]
 
 
+def names(pretrained: bool) -> list[str]:
+  """The valid `model.name`s: a random student, or with `model.pretrained` the architecture
+  the checkpoint must have ("hub": whatever it is)."""
+  if pretrained:
+    return sorted(hub.ARCHITECTURE_CHECKS) + ["hub"]
+  return sorted(STUDENTS) + ["hub (with model.pretrained)"]
+
+
+def check(cfg: ml_collections.ConfigDict) -> None:
+  """Refuses a `config.model` that `build` could not build, before anything is read."""
+  valid = names(bool(cfg.pretrained))
+  if cfg.name not in valid:
+    raise errors.UserError(f"unknown model.name {cfg.name!r}; valid: {valid}")
+  for key, value, table in [("model.dtype", cfg.dtype, DTYPES),
+                            ("model.conv_impl", cfg.conv_impl, CONV_IMPLS),
+                            ("model.stem", cfg.stem, resnet.STEMS),
+                            ("model.param_sharding", cfg.param_sharding, PARAM_SHARDINGS)]:
+    if value not in table:
+      raise errors.UserError(f"unknown {key} {value!r}; valid: {sorted(table)}")
+  if cfg.param_sharding != "replicate" and not cfg.freeze_backbone:
+    raise errors.UserError(
+        f"model.param_sharding={cfg.param_sharding!r} applies to a frozen backbone: set "
+        "model.freeze_backbone=True, or model.param_sharding='replicate' (trained parameters "
+        "are replicated)")
+  if cfg.freeze_backbone and not cfg.pretrained:
+    raise errors.UserError("model.freeze_backbone=True needs model.pretrained (a Hub id or "
+                           "directory): set it, or model.freeze_backbone=False")
+
+
 def build(cfg: ml_collections.ConfigDict, num_classes: int, pretrained_dir=None):
   """(model, pre-trained variables or None) for `cfg`.
 
   With `cfg.pretrained` (a Hub id or directory) the architecture and weights come from the
   checkpoint (kdjax/models/hub.py); otherwise the student `cfg.name`, randomly initialised.
   """
-  if cfg.dtype not in DTYPES:
-    raise ValueError(f"unknown model dtype {cfg.dtype!r}; valid: {sorted(DTYPES)}")
-  if cfg.param_sharding != "replicate" and not cfg.freeze_backbone:
-    raise ValueError(f"model.param_sharding={cfg.param_sharding!r} applies to a frozen "
-                     "backbone (model.freeze_backbone=True); trained parameters are replicated")
+  check(cfg)
   if cfg.pretrained:
     return hub.build(cfg, num_classes, DTYPES[cfg.dtype], pretrained_dir)
-  if cfg.freeze_backbone:
-    raise ValueError("model.freeze_backbone=True needs model.pretrained (a Hub id or directory)")
-  if cfg.name not in STUDENTS:
-    valid = sorted(STUDENTS) + ["hub (with model.pretrained)"]
-    raise ValueError(f"unknown student {cfg.name!r}; valid: {valid}")
   model = STUDENTS[cfg.name](num_classes, cfg, DTYPES[cfg.dtype], conv_function(cfg.conv_impl))
   return model, None
 
@@ -63,4 +86,4 @@ def conv_function(impl: str):
     return cpu_conv.conv_general_dilated
   if impl == "xla":
     return jax.lax.conv_general_dilated
-  raise ValueError(f"unknown model.conv_impl {impl!r}; valid: ['auto', 'cpu', 'xla']")
+  raise errors.UserError(f"unknown model.conv_impl {impl!r}; valid: {list(CONV_IMPLS)}")

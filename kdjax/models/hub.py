@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdjax import errors
+
 
 def _resnet(depths):
   return lambda c: (c.get("model_type") == "resnet" and c.get("layer_type") == "basic"
@@ -69,7 +71,7 @@ def build(cfg, num_classes: int, dtype: Any, source=None):
   if cfg.name != "hub" and not ARCHITECTURE_CHECKS.get(cfg.name, lambda c: False)(
       teacher.config):
     matching = sorted(k for k, check in ARCHITECTURE_CHECKS.items() if check(teacher.config))
-    raise ValueError(
+    raise errors.UserError(
         f"model.pretrained={cfg.pretrained!r} (model_type "
         f"{teacher.config.get('model_type')!r}) is not a {cfg.name!r}; set model.name to "
         f"'hub' (architecture from the checkpoint) or to one of {matching}")

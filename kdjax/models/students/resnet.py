@@ -22,6 +22,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from kdjax import errors
+
+STEMS = ("cifar", "imagenet")  # model.stem
 # torchvision initialises convolutions with kaiming_normal(mode="fan_out", relu).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -72,7 +75,7 @@ class ResNet(nn.Module):
                   kernel_init=conv_init, dtype=self.dtype, conv_general_dilated=self.conv,
                   name="stem_conv")(x)
     else:
-      raise ValueError(f"unknown ResNet stem {self.stem!r}: use 'cifar' or 'imagenet'")
+      raise errors.UserError(f"unknown model.stem {self.stem!r}; valid: {list(STEMS)}")
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      dtype=self.dtype, name="stem_bn")(x)
     x = nn.relu(x)

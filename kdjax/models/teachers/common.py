@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax import errors
+
 # HF ACT2FN names -> jax, for every family. torch's "gelu" is the exact (erf) one.
 ACTIVATIONS = {
     "gelu": lambda x: nn.gelu(x, approximate=False),
@@ -46,7 +48,8 @@ def num_labels(config: dict) -> int:
 
 def activation(name: str):
   if name not in ACTIVATIONS:
-    raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+    raise errors.UserError(f"the checkpoint's activation {name!r} (config.json) is not ported "
+                           f"to kdjax; supported: {sorted(ACTIVATIONS)}")
   return ACTIVATIONS[name]
 
 

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from kdjax import errors
 from kdjax.models.teachers import common
 
 MODEL_TYPES = ("resnet",)
@@ -101,7 +102,8 @@ class ResNet(nn.Module):
 
 def build(config: dict, keys, *, dtype=jnp.float32, num_classes: int | None = None) -> ResNet:
   if config.get("layer_type", "bottleneck") not in ("basic", "bottleneck"):
-    raise ValueError(f"unknown ResNet layer_type {config['layer_type']!r}")
+    raise errors.UserError(f"the checkpoint's ResNet layer_type {config['layer_type']!r} "
+                           "(config.json) is not one of kdjax's: ['basic', 'bottleneck']")
   if num_classes is None and any(k.endswith("classifier.1.weight") for k in keys):
     num_classes = common.num_labels(config)
   return ResNet(

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax import errors
 from kdjax.models.teachers.common import (
   Tensors,
   activation,
@@ -313,7 +314,8 @@ def build(config: dict, keys, *, dtype=jnp.float32, num_classes: int | None = No
   architectures = c.get("architectures") or []
   d, patch = c["hidden_size"], _pair(c["patch_size"])
   if patch[0] != patch[1]:
-    raise ValueError(f"non-square patches {patch} are not supported")
+    raise errors.UserError(f"the checkpoint's non-square patches {patch} (config.json) are not "
+                           "supported by kdjax's ViT port")
   grid = tuple(s // patch[0] for s in _pair(c["image_size"]))
   new_head = num_classes is not None
   if num_classes is None and _has(keys, "classifier.weight"):
