@@ -12,16 +12,24 @@ student sees exactly the augmented image the teachers saw.
 On disk (`teacher.cache_dir`, default WORKDIR/teacher_cache):
   cache.json             what the cache was made from (teachers with their exact weights,
                          data, augmentation, K) and what it cost; written before any shard
-  shard-00000.array_record ...  records for positions [i*SHARD, (i+1)*SHARD) x K views, each a
-                         msgpack dict {position, row, view, aug_seed, features, logits}
-A shard is written under a temporary name and renamed when complete, so a killed job resumes
-from the finished shards: no view is computed twice into the output, none is lost. A cache made
-for a different setup is refused with a message (it is never silently reused or overwritten).
+  shard-00000.array_record ...  records for positions [i*S, (i+1)*S) x K views
+                         (S = `teacher.cache_shard_size`), each a msgpack dict
+                         {position, row, view, aug_seed, features, logits}
+A shard is written under a temporary name (`<shard>.<host>.<pid>.<hex>.tmp`) and renamed when
+complete, so a killed job resumes from the finished shards: no view is computed twice into the
+output, none is lost. The temporary files a killed job leaves are deleted by the next build once
+they are stale: their process is gone from this host, or they are over an hour old (a cache may
+be shared by concurrent runs, whose files in progress are left alone). SIGTERM (kdjax.preemption)
+stops a build after the shard in progress (errors.Preempted, exit status 143); the same command
+resumes. A cache made for a different setup (shard size included) is refused with a message (it
+is never silently reused or overwritten).
 """
 
 import hashlib
 import json
 import os
+import re
+import socket
 import time
 import uuid
 
@@ -31,12 +39,19 @@ import numpy as np
 from absl import logging
 from array_record.python import array_record_module
 
-from kdjax import errors, steps
+from kdjax import errors, preemption, steps
 from kdjax import sharding as shd
 from kdjax.data import augment
 
-SHARD = 1024  # training positions per shard
-VERSION = 1
+VERSION = 1  # of the records' format (a cache.json without "shard_size" predates the key)
+STALE_TMP_S = 3600  # a temporary file older than this is a dead writer's, whichever its host
+# Tests only: seconds to sleep after each shard is written, so that a test can kill (or
+# SIGTERM) a build part-way (tests/test_cache_resume.py). Never set it in real runs.
+THROTTLE_ENV = "KDJAX_CACHE_THROTTLE_S"
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+# <shard or .cache.json>.<host>.<pid>.<32 hex>.tmp (host absent in files of older versions)
+_TMP = re.compile(r"^(?:shard-\d+\.array_record|\.cache\.json)\.(?:(?P<host>[A-Za-z0-9-]+)\.)?"
+                  r"(?P<pid>\d+)\.[0-9a-f]{32}\.tmp$")
 
 
 class TeacherCacheError(errors.UserError):
@@ -72,11 +87,20 @@ def _synthetic_identity(path: str) -> str:
   return path
 
 
+def shard_size(config) -> int:
+  size = int(config.teacher.cache_shard_size)
+  if size < 1:
+    raise TeacherCacheError(f"teacher.cache_shard_size must be >= 1, got {size}")
+  return size
+
+
 def spec(config, rows: np.ndarray, teacher_records: list, distiller) -> dict:
-  """Everything the cached outputs depend on (compared when a cache is reused)."""
+  """Everything the cached outputs and their layout on disk depend on (compared when a cache is
+  reused)."""
   d = config.data
   return {
       "version": VERSION,
+      "shard_size": shard_size(config),
       "teachers": teacher_records,
       "teacher_dtype": config.teacher.dtype,
       "data": {"name": d.name, "split": d.train_split, "num_examples": int(len(rows)),
@@ -122,13 +146,20 @@ def build(config, workdir: str, train_input, distiller, teacher_vars, teacher_re
   if os.path.isfile(manifest_path):
     with open(manifest_path) as f:
       manifest = json.load(f)
+    if manifest["spec"].get("version") == 1:
+      manifest["spec"].setdefault("shard_size", 1024)  # made before the key: its size
     diff = sorted(key for key in set(want) | set(manifest["spec"])
                   if want.get(key) != manifest["spec"].get(key))
     if diff:
+      reuse = ""
+      if diff == ["shard_size"]:  # the same outputs, laid out in other shards
+        reuse = f"set teacher.cache_shard_size={manifest['spec']['shard_size']} to use it, "
       raise TeacherCacheError(
           f"the teacher cache in {path} was made for a different setup (differs in {diff}): "
-          "delete that directory to rebuild it, or set teacher.cache_dir to a new directory")
-  num_shards = -(-len(rows) // SHARD)
+          f"{reuse}delete that directory to rebuild it, or set teacher.cache_dir to a new "
+          "directory")
+  size = want["shard_size"]
+  num_shards = -(-len(rows) // size)
   names = [os.path.join(path, f"shard-{i:05d}.array_record") for i in range(num_shards)]
   todo = [i for i, n in enumerate(names) if not os.path.isfile(n)]
   if manifest is None and len(todo) < num_shards:
@@ -137,14 +168,51 @@ def build(config, workdir: str, train_input, distiller, teacher_vars, teacher_re
   if manifest is None:
     manifest = {"spec": want, "cost": {"wall_time_s": 0.0, "flops": 0.0}}
   if todo:
+    _remove_stale_tmp(path)
     manifest = _compute(config, path, names, todo, rows, k, train_input, distiller,
                         teacher_vars, mesh, manifest)
-  return _load(names, rows, k, distiller, manifest), dict(manifest["cost"])
+  return _load(names, rows, k, size, distiller, manifest), dict(manifest["cost"])
+
+
+def _alive_here(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # e.g. PermissionError: it exists, as another user's process
+    return True
+  return True
+
+
+def _remove_stale_tmp(path: str) -> None:
+  """Deletes the temporary files of writers that are gone: a process no longer alive on this
+  host, or a file over STALE_TMP_S old (a writer on another host sharing the directory). The
+  files of live writers (concurrent runs sharing the cache) are left alone."""
+  if jax.process_index() != 0 or not os.path.isdir(path):
+    return
+  now = time.time()
+  for name in os.listdir(path):
+    match = _TMP.match(name)
+    if not match:
+      continue
+    file = os.path.join(path, name)
+    try:
+      dead = match["host"] == _HOST and not _alive_here(int(match["pid"]))
+      if dead or now - os.stat(file).st_mtime > STALE_TMP_S:
+        os.remove(file)
+        logging.info("teacher cache: removed %s, left by a killed writer", name)
+    except OSError:  # gone already (another run removed or renamed it), or not ours to delete
+      pass
+
+
+def _tmp_name(name: str) -> str:
+  """A unique temporary name for `name`'s file in progress (runs may share a cache)."""
+  return f"{name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
 
 
 def _write_manifest(path: str, manifest: dict) -> None:
   if jax.process_index() == 0:
-    tmp = os.path.join(path, f".cache.json.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    tmp = _tmp_name(os.path.join(path, ".cache.json"))
     with open(tmp, "w") as f:
       json.dump(manifest, f, indent=2)
     os.replace(tmp, os.path.join(path, "cache.json"))
@@ -158,6 +226,8 @@ def _compute(config, path, names, todo, rows, k, train_input, distiller, teacher
   shd.check_global_batch(batch, mesh, "eval_batch_size")
   batch_sh = shd.batch_sharding(mesh)
   data_cfg = config.data
+  size = shard_size(config)
+  throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
 
   def job(teacher_vars, images, seeds):
     x = augment.augment_keys(images, augment.view_keys(seeds), data_cfg)
@@ -170,9 +240,9 @@ def _compute(config, path, names, todo, rows, k, train_input, distiller, teacher
   t0, flops_per_batch = time.perf_counter(), None  # t0: start of the shard (its cost)
   t_start = t0  # start of the job (progress rate and ETA)
   done_batches = 0
-  total_batches = sum(-(-min(SHARD, len(rows) - i * SHARD) * k // batch) for i in todo)
+  total_batches = sum(-(-min(size, len(rows) - i * size) * k // batch) for i in todo)
   for i in todo:
-    positions = np.arange(i * SHARD, min((i + 1) * SHARD, len(rows)))
+    positions = np.arange(i * size, min((i + 1) * size, len(rows)))
     # every (position, view) pair of the shard, position-major
     pos = np.repeat(positions, k)
     views = np.tile(np.arange(k, dtype=np.int32), len(positions))
@@ -203,7 +273,7 @@ def _compute(config, path, names, todo, rows, k, train_input, distiller, teacher
     feats = np.concatenate(feats)
     logits = np.concatenate(logits) if logits else None
     if jax.process_index() == 0:
-      tmp = f"{names[i]}.{os.getpid()}.{uuid.uuid4().hex}.tmp"  # unique: runs may share a cache
+      tmp = _tmp_name(names[i])
       writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
       for j in range(len(pos)):
         record = {"position": int(pos[j]), "row": int(rows[pos[j]]), "view": int(views[j]),
@@ -215,15 +285,21 @@ def _compute(config, path, names, todo, rows, k, train_input, distiller, teacher
       os.replace(tmp, names[i])  # a shard becomes visible only when complete
     manifest["cost"]["wall_time_s"] += time.perf_counter() - t0
     manifest["cost"]["flops"] += (flops_per_batch or 0.0) * -(-len(pos) // batch)
-    t0 = time.perf_counter()
     _write_manifest(path, manifest)
+    if throttle:
+      time.sleep(throttle)
+    if preemption.requested():  # one process only (several stop together in the train loop)
+      raise errors.Preempted(
+          f"preempted while building the teacher cache: {sum(map(os.path.isfile, names))} of "
+          f"{len(names)} shards are complete in {path}; run the same command again to resume")
+    t0 = time.perf_counter()
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("kdjax teacher cache written")
   return manifest
 
 
-def _load(names, rows, k, distiller, manifest) -> Cache:
+def _load(names, rows, k, size, distiller, manifest) -> Cache:
   n, d = len(rows), distiller.num_teacher_features
   feats = np.zeros((n, k, d), np.float32)
   t = len(distiller.kd_teachers)
@@ -255,7 +331,7 @@ def _load(names, rows, k, distiller, manifest) -> Cache:
       seen[p, v] = True
   if not seen.all():
     missing = int((~seen).sum())
-    bad = sorted({names[p // SHARD] for p in np.nonzero(~seen.all(axis=1))[0]})
+    bad = sorted({names[p // size] for p in np.nonzero(~seen.all(axis=1))[0]})
     raise TeacherCacheError(f"the teacher cache misses {missing} views: delete {bad[:5]} and "
                             "start again to recompute them")
   arrays = {"teacher_features": feats}

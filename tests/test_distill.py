@@ -57,9 +57,9 @@ PAPER_A = {"loss.kd_weight": 1.0, "loss.align_weight": 1.0, "loss.unif_weight": 
 # The one-step objective: paper A (its three weights are 1), plus AFT (paper B) and feature-KD at
 # other weights, so that the total also checks that these two multiply their own terms.
 STEP = {**PAPER_A, "loss.aft_weight": 0.5, "loss.feature_kd_weight": 0.25}
-CACHED = {"loss.kd_weight": 1.0, "loss.aft_weight": 1.0, "teacher.mode": "cached",
-          "teacher.cache_views": 2}
 CACHE_SHARD = 64  # positions per shard in the cached runs: 200 training images -> 4 shards
+CACHED = {"loss.kd_weight": 1.0, "loss.aft_weight": 1.0, "teacher.mode": "cached",
+          "teacher.cache_views": 2, "teacher.cache_shard_size": CACHE_SHARD}
 
 
 def _config(tfds_dir, **overrides):
@@ -293,10 +293,9 @@ def cached_runs(tfds_dir, teacher_dirs, tmp_path_factory):
     log = {}
     messages = _Messages()
     absl_logger = logging.getLogger("absl")
-    old_level, old_shard = absl_logger.level, teacher_cache.SHARD
+    old_level = absl_logger.level
     absl_logger.addHandler(messages)
     absl_logger.setLevel(logging.INFO)
-    teacher_cache.SHARD = CACHE_SHARD
     try:
       result = train.train_and_evaluate(config(), str(root / "run1"))
       log["run1"], log["run1_messages"] = result.metrics, list(messages.lines)
@@ -314,7 +313,6 @@ def cached_runs(tfds_dir, teacher_dirs, tmp_path_factory):
       log["run3"] = train.train_and_evaluate(config(), str(root / "run3")).metrics
       log["after_run3"] = _stats(cache)
     finally:
-      teacher_cache.SHARD = old_shard
       absl_logger.removeHandler(messages)
       absl_logger.setLevel(old_level)
     with open(root / "log.json", "w") as f:
@@ -551,12 +549,10 @@ def test_kd_with_a_teacher_head_of_other_classes_names_the_adapt_config(tfds_dir
 
 
 def test_cached_batches_pair_each_augmented_image_with_its_views_outputs(cached_runs,
-                                                                        teacher_dirs, tfds_dir,
-                                                                        monkeypatch):
+                                                                        teacher_dirs, tfds_dir):
   """In training, the teacher outputs that come with an image are the teacher's outputs on
   exactly that augmented image (whichever of its K views the epoch drew)."""
   root, _ = cached_runs
-  monkeypatch.setattr(teacher_cache, "SHARD", CACHE_SHARD)
   config = _config(tfds_dir, **CACHED, **{"teacher.models": teacher_dirs["ten"],
                                          "teacher.cache_dir": str(root / "cache_after_run1")})
   mesh = shd.make_mesh()
@@ -664,13 +660,11 @@ def test_a_kdjax_run_loads_as_a_teacher_with_its_students_logits(cached_runs, tf
 
 
 def test_cached_streaming_run_resumes_to_the_in_memory_runs_state(cached_runs, teacher_dirs,
-                                                                   tfds_dir, tmp_path,
-                                                                   monkeypatch):
+                                                                   tfds_dir, tmp_path):
   """A cached distillation run (state.aux: rho; the views drawn per epoch) killed after its
   step-2 checkpoint and resumed, reading images from disk (data.in_memory=False), ends where
   run1 (in memory, uninterrupted, same cache) ended."""
   root, _ = cached_runs
-  monkeypatch.setattr(teacher_cache, "SHARD", CACHE_SHARD)
   config = _config(tfds_dir, **CACHED, **{"teacher.models": teacher_dirs["ten"],
                                          "teacher.cache_dir": str(root / "cache"),
                                          "data.in_memory": False})
