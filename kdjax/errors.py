@@ -23,9 +23,5 @@ class NonFiniteLoss(FloatingPointError):
 
 
 class Preempted(Exception):
-  """The run was asked to stop (SIGTERM) and saved a checkpoint first."""
-
-  def __init__(self, step: int, checkpoint_dir: str):
-    self.step, self.checkpoint_dir = step, checkpoint_dir
-    super().__init__(f"preempted: saved a checkpoint at step {step} in {checkpoint_dir}; run the "
-                     "same command again to resume")
+  """The run was asked to stop (SIGTERM) and saved its work first; the message says where and
+  that the same command resumes."""

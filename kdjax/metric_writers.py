@@ -5,6 +5,7 @@ Only process 0 writes. Every JSON line carries `step`; values are plain floats.
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -19,8 +20,7 @@ class MetricWriter:
     if self.active:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      from tensorboardX import SummaryWriter  # TensorBoard event files without TensorFlow
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.active:
@@ -37,6 +37,21 @@ class MetricWriter:
     if self.active:
       self._jsonl.close()
       self._tb.close()
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter (TensorBoard event files without TensorFlow), imported without
+  torch: tensorboardX imports torch when installed (1.6 s per process here) only to accept torch
+  tensors, which kdjax never passes. Its torch code paths import torch lazily if ever needed."""
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX allows
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
 
 
 class Progress:

@@ -22,7 +22,8 @@ _requested = threading.Event()
 def _on_sigterm(signum, frame):
   del signum, frame
   if not _requested.is_set():
-    logging.warning("SIGTERM: saving a checkpoint after the current step, then stopping")
+    logging.warning("SIGTERM: stopping after the current step (or teacher-cache shard), saving "
+                    "first")
   _requested.set()
 
 

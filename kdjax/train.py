@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -20,7 +21,18 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from kdjax import checkpoint, distill, models, optim, steps, teacher_cache, teachers
+from kdjax import (
+  checkpoint,
+  configlib,
+  distill,
+  errors,
+  models,
+  optim,
+  preemption,
+  steps,
+  teacher_cache,
+  teachers,
+)
 from kdjax import sharding as shd
 from kdjax.data import pipeline
 from kdjax.evaluators import classification
@@ -35,8 +47,15 @@ class Result:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        overwrite: bool = False) -> Result:
+  configlib.validate(config)  # bad names and values: one message, before anything is read
   partial_labels = _partial_labels(config)  # refuses unlabelled rows that nothing would use
-  os.makedirs(workdir, exist_ok=True)
+  with preemption.Guard() as guard:  # SIGTERM from here on: save, then stop (errors.Preempted)
+    return _train_and_evaluate(config, workdir, overwrite, partial_labels, guard)
+
+
+def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Result:
+  """Nothing is written into `workdir` until every input (data, model, teachers) has loaded
+  and the workdir is known to hold no run of another config."""
   root_key = jax.random.key(config.seed)
   init_key, aug_key, dropout_key = (jax.random.fold_in(root_key, i) for i in range(3))
 
@@ -55,9 +74,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config.data.mean, config.data.std = tuple(pre.mean), tuple(pre.std)
     logging.info("normalising like %s: mean %s std %s", config.model.pretrained,
                  config.data.mean, config.data.std)
-  elif config.data.normalization not in ("auto", "config"):
-    raise ValueError(f"unknown data.normalization {config.data.normalization!r}; "
-                     "valid: ['auto', 'config']")
   data = pipeline.build(config.data, mesh, config.seed, config.batch_size,
                         config.eval_batch_size)
   steps_per_epoch = data.train.steps_per_epoch
@@ -84,9 +100,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   teacher_list, teacher_records = _load_teachers(config)
   distiller, teacher_vars = None, []
   if teacher_list or distill.needs_teacher(config.loss):
-    if config.teacher.mode not in distill.TEACHER_MODES:
-      raise ValueError(f"unknown teacher.mode {config.teacher.mode!r}; "
-                       f"valid: {list(distill.TEACHER_MODES)}")
     student_out = jax.eval_shape(
         lambda k: model.init_with_output(k, jnp.zeros((2,) + image_shape), train=False)[0],
         init_key)[1]
@@ -101,6 +114,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  [f"{v.name} ({v.num_features} features, head: {v.num_logits})"
                   for v in distiller.views], distiller.weights)
   teacher_sh = jax.tree.map(lambda x: x.sharding, teacher_vars)
+
+  # ---------------------------------------------------------------- Workdir: this run's only
+  _claim_workdir(config, workdir, overwrite)  # first write: refuses another config's run
+  if jax.process_index() == 0:
+    if teacher_records:  # the exact teachers (source, revision / run step, weights' sha1)
+      _write_json(os.path.join(workdir, "teachers.json"), teacher_records)
+    if config.model.pretrained:  # the exact weights (Hub commit / absolute path) it started from
+      _write_json(os.path.join(workdir, "pretrained.json"),
+                  teachers.source_record(config.model.pretrained, pretrained_dir))
   cache, cache_cost = None, None
   if distiller is not None and distiller.cached:
     cache, cache_cost = teacher_cache.build(config, workdir, data.train, distiller,
@@ -147,21 +169,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.max_to_keep)
   cost = {"wall_time_s": 0.0, "train_flops": 0.0, "eval_flops": 0.0}
   start_step = 0
-  if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(ckpt.latest_step(),
-                               checkpoint.abstract_like(abstract_state, state_sh))
+  restored = ckpt.restore_latest(checkpoint.abstract_like(abstract_state, state_sh))
+  if restored is not None:
+    state, meta = restored
     start_step, cost = int(meta["step"]), meta["cost"]
     logging.info("resumed from step %d (data position: epoch %d, batch %d)", start_step,
                  *divmod(start_step, steps_per_epoch))
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    if teacher_records:  # the exact teachers (source, revision / run step, weights' sha1)
-      with open(os.path.join(workdir, "teachers.json"), "w") as f:
-        json.dump(teacher_records, f, indent=2)
-    if config.model.pretrained:  # the exact weights (Hub commit / absolute path) it started from
-      with open(os.path.join(workdir, "pretrained.json"), "w") as f:
-        json.dump(teachers.source_record(config.model.pretrained, pretrained_dir), f, indent=2)
+  if jax.process_index() == 0:  # rows logged after that checkpoint are logged again below
+    _truncate_metrics(workdir, start_step)
 
   # ---------------------------------------------------------------- Cost (XLA's count)
   def abstract_batch(size, with_mask=False, cached=cache is not None):
@@ -219,38 +234,68 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricWriter(workdir)
   progress = Progress(total_steps, config.batch_size, start_step)
   t_start, wall_before = time.perf_counter(), cost["wall_time_s"]
-  pending = []
+  pending = []  # (step, metrics on the device) since the last log
 
   def record_cost(step):
     cost["wall_time_s"] = wall_before + time.perf_counter() - t_start
     cost["train_flops"] = flops_per_step * step
     cost["flops_per_train_step"] = flops_per_step
 
+  last_saved = start_step if restored is not None else None
+
   def save(step):
+    nonlocal last_saved
+    check_pending()  # a checkpoint never holds the result of a non-finite step
     record_cost(step)
     ckpt.save(step, state, {"step": step, "cost": cost,
                             "data_position": {"epoch": step // steps_per_epoch,
                                               "batch_in_epoch": step % steps_per_epoch}})
+    last_saved = step
+
+  def check_pending():
+    """Every step since the last check: the first non-finite loss term stops the run."""
+    values = jax.device_get([m for _, m in pending])
+    for (step, _), m in zip(pending, values):
+      _check_finite(step, m, last_saved, ckpt.directory)
 
   final_metrics = {}
-  for step in range(start_step + 1, total_steps + 1):
-    batch = data.train.batch(step - 1, jax.random.fold_in(aug_key, step - 1))
-    state, metrics = train_step(state, batch, dropout_key, frozen, step_teacher_vars)
-    pending.append(metrics)
-    if step % config.log_every_steps == 0 or step == total_steps:
-      means = {f"train/{k}": float(np.mean(v)) for k, v in
-               jax.tree.map(lambda *x: np.stack(x), *jax.device_get(pending)).items()}
-      pending = []
-      _check_finite(step, means)
-      speed = progress.report(step, means)
-      means["train/learning_rate"] = float(learning_rate(step - 1))
-      writer.write(step, {**means, **speed, "epoch": step / steps_per_epoch})
-    is_last = step == total_steps
-    if is_last or (config.eval_every_steps and step % config.eval_every_steps == 0):
-      final_metrics = run_evals(step)
-      writer.write(step, final_metrics)
-    if is_last or step % config.checkpoint_every_steps == 0:
-      save(step)
+  try:
+    if preemption.requested():  # SIGTERM during set-up: nothing new to save
+      raise errors.Preempted(
+          f"preempted before training step {start_step + 1}: nothing new to save "
+          f"({'checkpoint step ' + str(last_saved) if last_saved is not None else 'no checkpoint'}"
+          f" in {ckpt.directory}); run the same command again to resume")
+    for step in range(start_step + 1, total_steps + 1):
+      batch = data.train.batch(step - 1, jax.random.fold_in(aug_key, step - 1))
+      state, metrics = train_step(state, batch, dropout_key, frozen, step_teacher_vars)
+      pending.append((step, metrics))
+      if step % config.log_every_steps == 0 or step == total_steps:
+        check_pending()
+        means = {f"train/{k}": float(np.mean(v)) for k, v in
+                 jax.tree.map(lambda *x: np.stack(x),
+                              *jax.device_get([m for _, m in pending])).items()}
+        pending = []
+        speed = progress.report(step, means)
+        means["train/learning_rate"] = float(learning_rate(step - 1))
+        writer.write(step, {**means, **speed, "epoch": step / steps_per_epoch})
+      is_last = step == total_steps
+      if is_last or (config.eval_every_steps and step % config.eval_every_steps == 0):
+        final_metrics = run_evals(step)
+        writer.write(step, final_metrics)
+      if is_last or step % config.checkpoint_every_steps == 0:
+        save(step)
+      if _THROTTLE_S:
+        time.sleep(_THROTTLE_S)
+      if not is_last and guard.should_stop(step):
+        if last_saved != step:
+          save(step)
+        ckpt.wait()
+        raise errors.Preempted(f"preempted: saved a checkpoint at step {step} in "
+                               f"{ckpt.directory}; run the same command again to resume")
+  except BaseException:
+    ckpt.close()  # in-flight saves of good steps complete; nothing after them is saved
+    writer.close()
+    raise
 
   if start_step >= total_steps:  # already finished: evaluate the restored state again
     final_metrics = run_evals(total_steps)
@@ -263,13 +308,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.close()
   ckpt.close()
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "cost.json"), "w") as f:
-      json.dump(cost, f, indent=2)
+    _write_json(os.path.join(workdir, "cost.json"), cost)
     if "rho" in state.aux:  # AFT: which teacher features the student was asked to keep
       rho = np.asarray(jax.device_get(distill.rho_weights(state.aux["rho"])), np.float64)
       report = distiller.rho_report(rho)
-      with open(os.path.join(workdir, "rho.json"), "w") as f:
-        json.dump(report, f, indent=2)
+      _write_json(os.path.join(workdir, "rho.json"), report)
       np.save(os.path.join(workdir, "rho.npy"), rho)
       logging.info("AFT rho: %s", [(t["teacher"], round(t["mean"], 3),
                                    t["fraction_above_0.5"]) for t in report["teachers"]])
@@ -306,17 +349,130 @@ def _partial_labels(config) -> bool:
   d = config.data
   unlabelled_synthetic = bool(d.synthetic) and not d.synthetic_labels
   if unlabelled_synthetic and not distill.needs_teacher(config.loss):
-    raise ValueError("data.synthetic_labels=False leaves the synthetic images unlabelled, so "
+    raise errors.UserError("data.synthetic_labels=False leaves the synthetic images unlabelled, so "
                      "only distillation terms can use them: set a loss.*_weight (kd, align, "
                      "unif, aft, feature_kd) and teacher.models, or data.synthetic_labels=True")
   if d.unlabelled_rest and not distill.needs_teacher(config.loss):
-    raise ValueError("data.unlabelled_rest=True adds unlabelled images, so only distillation "
+    raise errors.UserError("data.unlabelled_rest=True adds unlabelled images, so only distillation "
                      "terms can use them: set a loss.*_weight (kd, align, unif, aft, "
                      "feature_kd) and teacher.models, or data.unlabelled_rest=False")
   return unlabelled_synthetic or bool(d.unlabelled_rest)
 
 
-def _check_finite(step: int, means: dict) -> None:
-  bad = [k for k, v in means.items() if not np.isfinite(v)]
-  if bad:
-    raise FloatingPointError(f"non-finite {bad} at step {step}; the last checkpoint is kept")
+def _check_finite(step: int, metrics: dict, last_saved, ckpt_dir: str) -> None:
+  bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+  if not bad:
+    return
+  terms = [k for k in bad if k in LOSS_TERMS] or [k for k in bad if k == "loss"] or list(bad)
+  what = ", ".join(f"{k} = {bad[k]}" for k in terms)
+  kept = (f"the last good checkpoint, step {last_saved} in {ckpt_dir}, is kept"
+          if last_saved is not None else "no checkpoint was saved")
+  raise errors.NonFiniteLoss(
+      f"non-finite loss at step {step}: {what} (loss term{'s' if len(terms) > 1 else ''} "
+      f"{terms}); stopped before checkpointing it, {kept}: lower optimizer.learning_rate or that "
+      "term's loss.*_weight, or check the data")
+
+
+LOSS_TERMS = ("ce", "kd", "align", "unif", "aft", "feature_kd")
+# Test hook: seconds to sleep after every step, so a test can signal a run part-way.
+_THROTTLE_S = float(os.environ.get("KDJAX_TRAIN_THROTTLE_S", "0") or 0)
+
+
+def _write_json(path: str, obj) -> None:
+  """Atomically: a reader (or a killed writer) never sees half a file."""
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+# Keys that change how a run is logged, evaluated, stored or laid out, never what it trains:
+# a workdir's run may resume with other values of these. Any other difference is refused.
+RESUMABLE_KEYS = (
+    "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "max_to_keep",
+    "eval_batch_size", "fast_cpu_convolutions", "data.data_dir", "data.num_workers",
+    "data.prefetch", "data.in_memory", "model.param_sharding", "model.fsdp_min_size",
+    "teacher.param_sharding", "teacher.fsdp_min_size", "teacher.evaluate", "teacher.cache_dir",
+)
+# What a run writes into its workdir (--overwrite deletes these and nothing else).
+RUN_FILES = ("checkpoints", checkpoint.DAMAGED_DIR, "metrics.jsonl", "tensorboard",
+             "config.json", "cost.json", "teachers.json", "pretrained.json", "rho.json",
+             "rho.npy", "teacher_cache")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _claim_workdir(config, workdir: str, overwrite: bool) -> None:
+  """Makes `workdir` this config's run directory: new, or holding a run of the same config
+  (resumed). A run of another config there is refused, unless `overwrite` deletes it."""
+  path = os.path.join(workdir, "config.json")
+  mine = json.loads(config.to_json_best_effort())
+  refusal = None
+  if os.path.isfile(path):
+    with open(path) as f:
+      try:
+        theirs = json.load(f)
+      except json.JSONDecodeError:
+        theirs = {"<config.json>": "unreadable"}
+    a, b = _flatten(theirs), _flatten(mine)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>")
+                  and k not in RESUMABLE_KEYS)
+    if diff:
+      shown = "; ".join(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+                        for k in diff[:4]) + ("; ..." if len(diff) > 4 else "")
+      refusal = f"{workdir} holds a run of a different config ({shown})"
+  elif os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
+      os.path.join(workdir, "checkpoints")):
+    refusal = f"{workdir} holds checkpoints but no config.json saying what made them"
+  if refusal and not overwrite:
+    raise errors.UserError(f"{refusal}: use another --workdir, or pass --overwrite to delete "
+                           "that run and start again")
+  if jax.process_index() == 0:
+    if refusal:
+      logging.warning("--overwrite: %s; deleting it", refusal)
+      for name in RUN_FILES:
+        target = os.path.join(workdir, name)
+        if name == "teacher_cache" and config.teacher.cache_dir:
+          continue  # a shared cache elsewhere is checked by its own spec
+        if os.path.isdir(target):
+          shutil.rmtree(target)
+        elif os.path.exists(target):
+          os.remove(target)
+    os.makedirs(workdir, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    os.replace(tmp, path)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("kdjax workdir claimed")
+
+
+def _truncate_metrics(workdir: str, start_step: int) -> None:
+  """Drops metrics.jsonl rows of steps after `start_step` (logged by a run that was killed
+  before checkpointing them; they are logged again as the steps are redone)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= start_step:
+        keep.append(line)
+    except (json.JSONDecodeError, KeyError):  # a line cut by the kill
+      pass
+  if len(keep) != len(lines):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
