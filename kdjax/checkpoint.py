@@ -6,16 +6,17 @@ synchronous, so the donated state may be reused at once); orbax writes each step
 directory and renames it when complete, so a half-written checkpoint never becomes the latest
 (the temporary directories of a killed save are removed at the next start).
 
-Each save records a checksum per array of the state (from the arrays' bits, before they are
-written). `restore_latest` restores the newest step, recomputes the
-checksums and, if that step cannot be read or does not match (a truncated or damaged file),
-reports it, moves it aside (WORKDIR/checkpoints_damaged/, nothing is deleted) and tries the
-previous one.
+Each save records a CRC-32 per array of the state (before the arrays are written).
+`restore_latest` restores the newest step and checks them; if that step cannot be read or does
+not match (a truncated or damaged file), it tries the previous one, and once one restores it
+reports the newer ones and moves them aside (WORKDIR/checkpoints_damaged/, nothing deleted).
 """
 
+import copy
 import os
 import shutil
 import time
+import zlib
 
 import jax
 import numpy as np
@@ -28,31 +29,28 @@ DAMAGED_DIR = "checkpoints_damaged"
 
 
 def checksums(tree) -> list[int]:
-  """One uint32 per leaf: a position-weighted sum of the leaf's words (wrapping), on the host
-  copy (orbax makes one anyway; a jitted version compiles for seconds per state structure).
-
-  Not cryptographic: it detects truncation, zeroed or flipped bits and moved values."""
+  """The CRC-32 of each leaf's bytes (on the host copy, which orbax makes anyway): detects
+  truncation, zeroed, flipped or moved bits."""
   out = []
   for leaf in jax.tree.leaves(tree):
     if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
       leaf = jax.random.key_data(leaf)
     x = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
-    words = (x.view(np.uint8) if x.dtype.itemsize == 1 or x.dtype == np.bool_ else
-             x.view({2: np.uint16, 4: np.uint32, 8: np.uint32}[x.dtype.itemsize]))
-    words = words.reshape(-1).astype(np.uint32)
-    weights = np.arange(words.size, dtype=np.uint32) * np.uint32(2654435761) + np.uint32(1)
-    out.append(int(np.sum((words ^ np.uint32(0x9E3779B9)) * weights, dtype=np.uint32)))
+    out.append(zlib.crc32(x.reshape(-1).view(np.uint8)))
   return out
 
 
 class Checkpointer:
 
-  def __init__(self, directory: str, max_to_keep: int):
+  def __init__(self, directory: str, max_to_keep: int, read_only: bool = False):
+    """`read_only`: for reading another run's checkpoints (a kdjax run used as a teacher, a
+    test) without touching them, e.g. the temporary directory of a save in progress there."""
     self.directory = os.path.abspath(directory)
     self._mgr = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             cleanup_tmp_directories=True),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+            cleanup_tmp_directories=not read_only),
         item_names=("state", "meta"))
 
   def latest_step(self):
@@ -62,7 +60,8 @@ class Checkpointer:
     return list(self._mgr.all_steps())
 
   def save(self, step: int, state, meta: dict) -> None:
-    meta = {**meta, "checksums": checksums(state)}
+    # a copy: orbax serialises it in the background while the caller goes on changing its dicts
+    meta = copy.deepcopy({**meta, "checksums": checksums(state)})
     self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                  meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -75,31 +74,38 @@ class Checkpointer:
   def restore_latest(self, abstract_state):
     """(state, meta) of the newest step that reads back intact, or None without checkpoints.
 
-    A step that fails (unreadable, or its checksums differ) is reported and moved aside; if
-    every step fails, the run stops with a message instead of starting again from scratch."""
-    damaged = []
+    Steps are tried newest first. When one restores, the newer steps that failed (unreadable,
+    or their checksums differ: damaged files) are reported and moved aside. When none restores
+    nothing is moved (the cause may be the code, the memory or the filesystem rather than the
+    files) and the run stops with the newest step's error. Several processes agree on each
+    step's outcome before anything is moved."""
+    failed = []  # (step, reason), newest first
     for step in sorted(self.all_steps(), reverse=True):
+      reason = None
       try:
         state, meta = self.restore(step, abstract_state)
         saved = meta.get("checksums")
         if saved is not None and saved != checksums(state):
-          raise ValueError("the restored arrays do not match the checksums saved with them")
-      except Exception as e:  # noqa: BLE001  (any failure to read back means a damaged step)
-        reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        logging.warning("checkpoint step %d in %s is damaged (%s): moving it to %s and using "
-                        "the previous one", step, self.directory, reason, DAMAGED_DIR)
-        damaged.append(step)
-        self._move_aside(step)
+          reason = "its arrays do not match the checksums saved with them"
+      except Exception as e:  # noqa: BLE001  (reported below, with the other steps' outcome)
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:300] or type(e).__name__
+      if not _everywhere(reason is None):
+        reason = reason or "another process could not restore it"
+        logging.warning("checkpoint step %d in %s cannot be restored: %s", step, self.directory,
+                        reason)
+        failed.append((step, reason))
         continue
-      if damaged:
-        logging.warning("resuming from step %d instead of the damaged step(s) %s", step,
-                        damaged)
+      for bad, why in failed:
+        logging.warning("checkpoint step %d is damaged (%s): moved to %s; resuming from step %d",
+                        bad, why, DAMAGED_DIR, step)
+        self._move_aside(bad)
       return state, meta
-    if damaged:
+    if failed:
       raise errors.UserError(
-          f"no checkpoint in {self.directory} reads back intact (damaged steps {damaged}, moved "
-          f"to {os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)}): pass --overwrite "
-          "to start the run again, or use another --workdir")
+          f"no checkpoint in {self.directory} can be restored (steps "
+          f"{[s for s, _ in failed]}; step {failed[0][0]}: {failed[0][1]}): if the code or the "
+          "config changed since they were written, run the version that wrote them; if the "
+          "files are damaged, move them away (or pass --overwrite to start the run again)")
     return None
 
   def _move_aside(self, step: int) -> None:
@@ -135,6 +141,14 @@ class Checkpointer:
   def close(self) -> None:
     self._mgr.wait_until_finished()
     self._mgr.close()
+
+
+def _everywhere(ok: bool) -> bool:
+  """Whether `ok` holds in every process (one process: `ok`)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def abstract_like(tree, shardings):

@@ -5,15 +5,15 @@ long set-up phases, e.g. the teacher cache, between units of work), saves, and e
 status 143 (errors.Preempted). Several processes (`jax.distributed`): JAX's preemption service
 catches SIGTERM in whichever process receives it and agrees on a step for all of them
 (`multihost_utils.reached_preemption_sync_point`, called after every step); the trainer saves
-that step on every process and stops. A SIGKILL (or a second SIGTERM after the grace period) is
-survived by the checkpoints themselves: a run resumes from its last complete checkpoint.
+that step on every process and stops. The SIGKILL a scheduler sends when its grace period ends
+is survived by the checkpoints themselves: a run resumes from its last complete checkpoint.
+With several processes the teacher-cache build does not stop early (it resumes by shards).
 """
 
 import signal
 import threading
 
 import jax
-from absl import logging
 from jax.experimental import multihost_utils
 
 _requested = threading.Event()
@@ -21,10 +21,7 @@ _requested = threading.Event()
 
 def _on_sigterm(signum, frame):
   del signum, frame
-  if not _requested.is_set():
-    logging.warning("SIGTERM: stopping after the current step (or teacher-cache shard), saving "
-                    "first")
-  _requested.set()
+  _requested.set()  # only a flag: logging here could re-enter a stream the main thread writes
 
 
 class Guard:

@@ -68,6 +68,9 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
   return optax.softmax_cross_entropy(logits, targets)
 
 
+STATE_FINITE = "state_finite"  # train-step metric: 1.0 if the updated state is all finite
+
+
 def make_train_step(model, tx, loss_cfg, num_classes: int, distiller=None,
                     partial_labels: bool = False) -> Callable:
   """(state, batch, key, frozen, teacher_vars) -> (state, metrics).
@@ -113,6 +116,10 @@ def make_train_step(model, tx, loss_cfg, num_classes: int, distiller=None,
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     metrics["grad_norm"] = optax.global_norm(grads["model"])
+    # an update can overflow with a finite loss and gradient: the trainer checks this too
+    metrics[STATE_FINITE] = jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((trainable, batch_stats))]
+    )).astype(jnp.float32)
     new_state = state.replace(step=state.step + 1, params=trainable["model"],
                               batch_stats=batch_stats, opt_state=opt_state,
                               aux=trainable["aux"])

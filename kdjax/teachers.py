@@ -498,7 +498,8 @@ def load_adapted(workdir, *, dtype="float32", mesh=None, param_sharding="replica
     record = json.loads(record_path.read_text())
   else:
     record = {"source": run.get("model", {}).get("pretrained"), "revision": None}
-  ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), max_to_keep=1_000_000)
+  ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), max_to_keep=1_000_000,
+                                 read_only=True)  # the run may still be training
   step = ckpt.latest_step()
   if step is None:
     ckpt.close()

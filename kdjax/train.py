@@ -273,7 +273,8 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
         check_pending()
         means = {f"train/{k}": float(np.mean(v)) for k, v in
                  jax.tree.map(lambda *x: np.stack(x),
-                              *jax.device_get([m for _, m in pending])).items()}
+                              *jax.device_get([m for _, m in pending])).items()
+                 if k != steps.STATE_FINITE}
         pending = []
         speed = progress.report(step, means)
         means["train/learning_rate"] = float(learning_rate(step - 1))
@@ -287,26 +288,25 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
       if _THROTTLE_S:
         time.sleep(_THROTTLE_S)
       if not is_last and guard.should_stop(step):
+        logging.warning("stop requested (SIGTERM): saving step %d and stopping", step)
         if last_saved != step:
           save(step)
         ckpt.wait()
         raise errors.Preempted(f"preempted: saved a checkpoint at step {step} in "
                                f"{ckpt.directory}; run the same command again to resume")
-  except BaseException:
-    ckpt.close()  # in-flight saves of good steps complete; nothing after them is saved
-    writer.close()
-    raise
 
-  if start_step >= total_steps:  # already finished: evaluate the restored state again
-    final_metrics = run_evals(total_steps)
-    writer.write(total_steps, final_metrics)
-  record_cost(total_steps)
-  cost["total_flops"] = cost["train_flops"] + cost["eval_flops"]
-  cost_metrics = {f"cost/{k}": v for k, v in cost.items()}
-  writer.write(total_steps, cost_metrics)
-  final_metrics.update(cost_metrics)
-  writer.close()
-  ckpt.close()
+    trained = start_step < total_steps
+    if not trained:  # already finished: evaluate the restored state again (not logged again)
+      final_metrics = run_evals(total_steps)
+    record_cost(total_steps)
+    cost["total_flops"] = cost["train_flops"] + cost["eval_flops"]
+    cost_metrics = {f"cost/{k}": v for k, v in cost.items()}
+    if trained:
+      writer.write(total_steps, cost_metrics)
+    final_metrics.update(cost_metrics)
+  finally:  # also on errors: in-flight saves of good steps complete; nothing after them is saved
+    writer.close()
+    ckpt.close()
   if jax.process_index() == 0:
     _write_json(os.path.join(workdir, "cost.json"), cost)
     if "rho" in state.aux:  # AFT: which teacher features the student was asked to keep
@@ -360,17 +360,22 @@ def _partial_labels(config) -> bool:
 
 
 def _check_finite(step: int, metrics: dict, last_saved, ckpt_dir: str) -> None:
-  bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
-  if not bad:
-    return
-  terms = [k for k in bad if k in LOSS_TERMS] or [k for k in bad if k == "loss"] or list(bad)
-  what = ", ".join(f"{k} = {bad[k]}" for k in terms)
   kept = (f"the last good checkpoint, step {last_saved} in {ckpt_dir}, is kept"
           if last_saved is not None else "no checkpoint was saved")
-  raise errors.NonFiniteLoss(
-      f"non-finite loss at step {step}: {what} (loss term{'s' if len(terms) > 1 else ''} "
-      f"{terms}); stopped before checkpointing it, {kept}: lower optimizer.learning_rate or that "
-      "term's loss.*_weight, or check the data")
+  fix = ("lower optimizer.learning_rate or that term's loss.*_weight (in a new --workdir, or with "
+         "--overwrite), or check the data")
+  bad = {k: float(v) for k, v in metrics.items()
+         if k != steps.STATE_FINITE and not np.isfinite(v)}
+  if bad:
+    terms = [k for k in bad if k in LOSS_TERMS] or [k for k in bad if k == "loss"] or list(bad)
+    what = ", ".join(f"{k} = {bad[k]}" for k in terms)
+    raise errors.NonFiniteLoss(
+        f"non-finite loss at step {step}: {what} (loss term{'s' if len(terms) > 1 else ''} "
+        f"{terms}); stopped before checkpointing it, {kept}: {fix}")
+  if metrics.get(steps.STATE_FINITE, 1.0) != 1.0:
+    raise errors.NonFiniteLoss(
+        f"non-finite parameters after step {step}: its loss and gradient were finite but the "
+        f"update overflowed; stopped before checkpointing it, {kept}: {fix}")
 
 
 LOSS_TERMS = ("ce", "kd", "align", "unif", "aft", "feature_kd")
@@ -390,14 +395,16 @@ def _write_json(path: str, obj) -> None:
 # a workdir's run may resume with other values of these. Any other difference is refused.
 RESUMABLE_KEYS = (
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "max_to_keep",
-    "eval_batch_size", "fast_cpu_convolutions", "data.data_dir", "data.num_workers",
-    "data.prefetch", "data.in_memory", "model.param_sharding", "model.fsdp_min_size",
-    "teacher.param_sharding", "teacher.fsdp_min_size", "teacher.evaluate", "teacher.cache_dir",
+    "eval_batch_size", "fast_cpu_convolutions", "data.data_dir", "data.download",
+    "data.num_workers", "data.prefetch", "data.in_memory", "model.param_sharding",
+    "model.fsdp_min_size", "teacher.param_sharding", "teacher.fsdp_min_size", "teacher.evaluate",
+    "teacher.cache_dir", "teacher.cache_shard_size",
 )
-# What a run writes into its workdir (--overwrite deletes these and nothing else).
+# What a run writes into its workdir (--overwrite deletes these and nothing else; a teacher
+# cache is kept: its own record says what it was made from, and a different one is refused).
 RUN_FILES = ("checkpoints", checkpoint.DAMAGED_DIR, "metrics.jsonl", "tensorboard",
              "config.json", "cost.json", "teachers.json", "pretrained.json", "rho.json",
-             "rho.npy", "teacher_cache")
+             "rho.npy")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -412,25 +419,33 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def _claim_workdir(config, workdir: str, overwrite: bool) -> None:
   """Makes `workdir` this config's run directory: new, or holding a run of the same config
-  (resumed). A run of another config there is refused, unless `overwrite` deletes it."""
+  (resumed). Checkpoints of another config there are refused, unless `overwrite` deletes that
+  run. Keys missing from an older run's config.json count as their default (keys added since)."""
   path = os.path.join(workdir, "config.json")
-  mine = json.loads(config.to_json_best_effort())
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  has_checkpoints = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
   refusal = None
-  if os.path.isfile(path):
+  if has_checkpoints and os.path.isfile(path):
     with open(path) as f:
       try:
-        theirs = json.load(f)
+        theirs = _flatten(json.load(f))
       except json.JSONDecodeError:
-        theirs = {"<config.json>": "unreadable"}
-    a, b = _flatten(theirs), _flatten(mine)
-    diff = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>")
-                  and k not in RESUMABLE_KEYS)
+        theirs = {"config.json": "unreadable"}
+    mine = _flatten(json.loads(config.to_json_best_effort()))
+    default = _flatten(json.loads(configlib.base().to_json_best_effort()))
+    absent = object()
+    diff = []
+    for k in sorted(set(theirs) | set(mine)):
+      a, b = theirs.get(k, absent), mine.get(k, absent)
+      if a is absent and b == default.get(k, absent) or b is absent and a == default.get(k):
+        continue  # a key added (or removed) since that run, at its default
+      if a != b and k not in RESUMABLE_KEYS:
+        diff.append((k, "<absent>" if a is absent else a, "<absent>" if b is absent else b))
     if diff:
-      shown = "; ".join(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-                        for k in diff[:4]) + ("; ..." if len(diff) > 4 else "")
-      refusal = f"{workdir} holds a run of a different config ({shown})"
-  elif os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
-      os.path.join(workdir, "checkpoints")):
+      shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:4])
+      refusal = (f"{workdir} holds a run of a different config ({shown}"
+                 f"{'; ...' if len(diff) > 4 else ''})")
+  elif has_checkpoints:
     refusal = f"{workdir} holds checkpoints but no config.json saying what made them"
   if refusal and not overwrite:
     raise errors.UserError(f"{refusal}: use another --workdir, or pass --overwrite to delete "
@@ -440,11 +455,9 @@ def _claim_workdir(config, workdir: str, overwrite: bool) -> None:
       logging.warning("--overwrite: %s; deleting it", refusal)
       for name in RUN_FILES:
         target = os.path.join(workdir, name)
-        if name == "teacher_cache" and config.teacher.cache_dir:
-          continue  # a shared cache elsewhere is checked by its own spec
-        if os.path.isdir(target):
+        if os.path.isdir(target) and not os.path.islink(target):
           shutil.rmtree(target)
-        elif os.path.exists(target):
+        elif os.path.lexists(target):
           os.remove(target)
     os.makedirs(workdir, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
