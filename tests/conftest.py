@@ -82,6 +82,23 @@ def tiny_cli_args(tfds_dir: str, workdir, *extra: str) -> list[str]:
           "--config.max_to_keep=20", *extra]
 
 
+def snapshot(*roots) -> dict:
+  """{path: (size, mtime_ns, sha1)} of every file under `roots`: equal before and after means
+  nothing was written over."""
+  import hashlib
+
+  out = {}
+  for root in roots:
+    for parent, _, files in os.walk(root):
+      for name in files:
+        path = os.path.join(parent, name)
+        with open(path, "rb") as f:
+          digest = hashlib.sha1(f.read()).hexdigest()
+        stat = os.stat(path)
+        out[path] = (stat.st_size, stat.st_mtime_ns, digest)
+  return out
+
+
 def run_python(code_or_args, env_extra=None, timeout=600):
   """Runs `python -c code` (str) or `python args...` (list) from the repo root."""
   env = dict(os.environ, PYTHONPATH=REPO, **(env_extra or {}))

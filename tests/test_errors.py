@@ -8,30 +8,15 @@ start.
 """
 
 import glob
-import hashlib
 import importlib.util
 import os
 
 import numpy as np
 import pytest
-from conftest import REPO, run_python, tiny_cli_args
+from conftest import REPO, run_python, snapshot, tiny_cli_args
 from PIL import Image
 
 from kdjax import configlib, errors
-
-
-def _snapshot(*roots) -> dict:
-  """{path: (size, mtime_ns, sha1)} of every file under `roots`."""
-  out = {}
-  for root in roots:
-    for parent, _, files in os.walk(root):
-      for name in files:
-        path = os.path.join(parent, name)
-        with open(path, "rb") as f:
-          digest = hashlib.sha1(f.read()).hexdigest()
-        stat = os.stat(path)
-        out[path] = (stat.st_size, stat.st_mtime_ns, digest)
-  return out
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +38,13 @@ def offline_hub(tmp_path_factory):
 def _refused(args, roots, env=None) -> str:
   """Runs `python args`, checks the refusal (exit 2, one line, no traceback, `roots`
   untouched) and returns that line."""
-  before = _snapshot(*roots)
+  before = snapshot(*roots)
   proc = run_python(args, env_extra=env)
   assert proc.returncode == errors.EXIT_USER_ERROR, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   line = proc.stderr.strip().splitlines()[-1]
   assert line.startswith(("error: ", "config error: ")), proc.stderr[-3000:]
-  assert _snapshot(*roots) == before
+  assert snapshot(*roots) == before
   return line
 
 

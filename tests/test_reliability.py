@@ -9,7 +9,6 @@ Every run is `python -m kdjax.main` in a subprocess (tiny ResNet-18 at width 8 o
 sent part-way through.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY_TOTAL_STEPS, tiny_cli_args, with_test_flags
+from conftest import REPO, TINY_TOTAL_STEPS, snapshot, tiny_cli_args, with_test_flags
 
 from kdjax import checkpoint, errors, runtime
 
@@ -99,17 +98,6 @@ def _losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
-
-
-def _snapshot(*dirs):
-  out = {}
-  for d in dirs:
-    for root, _, files in os.walk(d):
-      for name in files:
-        path = os.path.join(root, name)
-        with open(path, "rb") as f:
-          out[path] = (os.stat(path).st_mtime_ns, hashlib.sha1(f.read()).hexdigest())
-  return out
 
 
 def _assert_equal_states(a, b):
@@ -272,13 +260,13 @@ def test_workdir_of_another_config_is_refused_unless_overwritten(tfds_dir, refer
                                                                   tmp_path):
   work = tmp_path / "other"
   shutil.copytree(reference, work)
-  before = _snapshot(work, tfds_dir)
+  before = snapshot(work, tfds_dir)
   proc = _run(_cmd(tfds_dir, work, "--config.optimizer.learning_rate=0.05"))
   assert proc.returncode == errors.EXIT_USER_ERROR, proc.stderr[-3000:]
   last = proc.stderr.strip().splitlines()[-1]
   assert "holds a run of a different config (optimizer.learning_rate: 0.001 -> 0.05)" in last
   assert "--overwrite" in last and "Traceback" not in proc.stderr
-  assert _snapshot(work, tfds_dir) == before  # nothing written over
+  assert snapshot(work, tfds_dir) == before  # nothing written over
 
   # Keys that do not change what is trained may differ, and keys added to kdjax since a run
   # was made (absent from its config.json) count as their default: the finished run is
