@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-from kdjax import errors
+from kdjax import configlib, errors
 
 _KINDS = {"int": "an int", "float": "a float", "bool": "a bool", "str": "a string",
           "tuple": "a tuple", "list": "a list"}
@@ -35,31 +35,13 @@ def _load_config():
     return None
 
 
-def _config_value(config, key: str):
-  """The config's value at dotted `key` (raises KeyError/AttributeError if absent)."""
-  node = config
-  for part in key.split("."):
-    node = node[part]
-  return node
-
-
-def _all_keys(node, prefix="") -> list[str]:
-  out = []
-  for k, v in node.items():
-    if hasattr(v, "items"):
-      out += _all_keys(v, f"{prefix}{k}.")
-    else:
-      out.append(f"{prefix}{k}")
-  return out
-
-
 def _unknown_key(message: str) -> str:
   """'no such key' with the closest real keys."""
   line = f"config error: no such key {message}"
   config = _load_config()
   if config is None:
     return line
-  keys = _all_keys(config)
+  keys = list(configlib.flatten(config.to_dict()))
   wanted = [a.split("=")[0][len("--config."):] for a in sys.argv[1:]
             if a.startswith("--config.")]
   bad = [w for w in wanted if w not in keys]
@@ -78,7 +60,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     if match:
       key, value = match.groups()
       try:
-        default = _config_value(_load_config(), key)
+        default = configlib.get(_load_config(), key)
         kind = _KINDS.get(type(default).__name__, type(default).__name__)
         fix = f"config.{key} is {kind} (it is {default!r} in the config): pass {kind}"
       except (KeyError, AttributeError, TypeError):

@@ -195,11 +195,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      ("teacher.param_sharding", shd.PARAM_SHARDINGS),
                      ("data.normalization", NORMALIZATIONS),
                      ("data.augment.kind", augment.KINDS)]:
-    if _get(c, key) not in table:
-      raise errors.UserError(f"unknown {key} {_get(c, key)!r}; valid: {sorted(table)}")
+    if get(c, key) not in table:
+      raise errors.UserError(f"unknown {key} {get(c, key)!r}; valid: {sorted(table)}")
 
   def check(key, ok, what, none_ok=False):
-    value = _get(c, key)
+    value = get(c, key)
     if value is None and none_ok:
       return
     number = isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -227,9 +227,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(key, lambda v: 0 < v <= 1, "in (0, 1] (or None: unset)", none_ok=True)
   check("data.eval_crop_fraction", lambda v: 0 < v <= 1, "in (0, 1]")
   for name in ("total", "optimizer.warmup"):
-    if _get(c, f"{name}_steps") is not None and _get(c, f"{name}_epochs") is not None:
+    if get(c, f"{name}_steps") is not None and get(c, f"{name}_epochs") is not None:
       raise errors.UserError(f"set only one of {name}_steps and {name}_epochs (got "
-                             f"{_get(c, f'{name}_steps')}, {_get(c, f'{name}_epochs')})")
+                             f"{get(c, f'{name}_steps')}, {get(c, f'{name}_epochs')})")
   if c.total_steps is None and c.total_epochs is None:
     raise errors.UserError("set total_steps or total_epochs (the run's length)")
   for a, b in [("n_per_class", "fraction"), ("synthetic_per_class", "synthetic_fraction")]:
@@ -237,7 +237,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise errors.UserError(f"set at most one of data.{a} and data.{b}")
 
   def numbers_of(key, n):
-    value = _get(c, key)
+    value = get(c, key)
     if not (isinstance(value, tuple | list) and len(value) == n and all(
         isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
       example = ",".join(["0.5"] * n)
@@ -257,10 +257,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
                            "ratios with 0 < min <= max")
 
 
-def _get(config, key: str):
+def get(config, key: str):
+  """The value at dotted `key` (e.g. "optimizer.name"); KeyError/AttributeError if absent."""
   for part in key.split("."):
     config = config[part]
   return config
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}: a config (as a plain dict) keyed by dotted keys."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
 
 
 def generate_base() -> ml_collections.ConfigDict:

@@ -252,11 +252,13 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
                                               "batch_in_epoch": step % steps_per_epoch}})
     last_saved = step
 
-  def check_pending():
-    """Every step since the last check: the first non-finite loss term stops the run."""
+  def check_pending() -> list:
+    """Every step since the last check: the first non-finite loss term stops the run. Returns
+    the steps' metrics on the host."""
     values = jax.device_get([m for _, m in pending])
     for (step, _), m in zip(pending, values):
       _check_finite(step, m, last_saved, ckpt.directory)
+    return values
 
   final_metrics = {}
   try:
@@ -270,10 +272,8 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
       state, metrics = train_step(state, batch, dropout_key, frozen, step_teacher_vars)
       pending.append((step, metrics))
       if step % config.log_every_steps == 0 or step == total_steps:
-        check_pending()
         means = {f"train/{k}": float(np.mean(v)) for k, v in
-                 jax.tree.map(lambda *x: np.stack(x),
-                              *jax.device_get([m for _, m in pending])).items()
+                 jax.tree.map(lambda *x: np.stack(x), *check_pending()).items()
                  if k != steps.STATE_FINITE}
         pending = []
         speed = progress.report(step, means)
@@ -349,13 +349,15 @@ def _partial_labels(config) -> bool:
   d = config.data
   unlabelled_synthetic = bool(d.synthetic) and not d.synthetic_labels
   if unlabelled_synthetic and not distill.needs_teacher(config.loss):
-    raise errors.UserError("data.synthetic_labels=False leaves the synthetic images unlabelled, so "
-                     "only distillation terms can use them: set a loss.*_weight (kd, align, "
-                     "unif, aft, feature_kd) and teacher.models, or data.synthetic_labels=True")
+    raise errors.UserError(
+        "data.synthetic_labels=False leaves the synthetic images unlabelled, so only "
+        "distillation terms can use them: set a loss.*_weight (kd, align, unif, aft, "
+        "feature_kd) and teacher.models, or data.synthetic_labels=True")
   if d.unlabelled_rest and not distill.needs_teacher(config.loss):
-    raise errors.UserError("data.unlabelled_rest=True adds unlabelled images, so only distillation "
-                     "terms can use them: set a loss.*_weight (kd, align, unif, aft, "
-                     "feature_kd) and teacher.models, or data.unlabelled_rest=False")
+    raise errors.UserError(
+        "data.unlabelled_rest=True adds unlabelled images, so only distillation terms can use "
+        "them: set a loss.*_weight (kd, align, unif, aft, feature_kd) and teacher.models, or "
+        "data.unlabelled_rest=False")
   return unlabelled_synthetic or bool(d.unlabelled_rest)
 
 
@@ -367,7 +369,7 @@ def _check_finite(step: int, metrics: dict, last_saved, ckpt_dir: str) -> None:
   bad = {k: float(v) for k, v in metrics.items()
          if k != steps.STATE_FINITE and not np.isfinite(v)}
   if bad:
-    terms = [k for k in bad if k in LOSS_TERMS] or [k for k in bad if k == "loss"] or list(bad)
+    terms = [k for k in bad if k in distill.TERMS] or [k for k in bad if k == "loss"] or list(bad)
     what = ", ".join(f"{k} = {bad[k]}" for k in terms)
     raise errors.NonFiniteLoss(
         f"non-finite loss at step {step}: {what} (loss term{'s' if len(terms) > 1 else ''} "
@@ -378,17 +380,20 @@ def _check_finite(step: int, metrics: dict, last_saved, ckpt_dir: str) -> None:
         f"update overflowed; stopped before checkpointing it, {kept}: {fix}")
 
 
-LOSS_TERMS = ("ce", "kd", "align", "unif", "aft", "feature_kd")
 # Test hook: seconds to sleep after every step, so a test can signal a run part-way.
 _THROTTLE_S = float(os.environ.get("KDJAX_TRAIN_THROTTLE_S", "0") or 0)
 
 
-def _write_json(path: str, obj) -> None:
+def _write_text(path: str, text: str) -> None:
   """Atomically: a reader (or a killed writer) never sees half a file."""
   tmp = f"{path}.{os.getpid()}.tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
+    f.write(text)
   os.replace(tmp, path)
+
+
+def _write_json(path: str, obj) -> None:
+  _write_text(path, json.dumps(obj, indent=2))
 
 
 # Keys that change how a run is logged, evaluated, stored or laid out, never what it trains:
@@ -407,16 +412,6 @@ RUN_FILES = ("checkpoints", checkpoint.DAMAGED_DIR, "metrics.jsonl", "tensorboar
              "rho.npy")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _claim_workdir(config, workdir: str, overwrite: bool) -> None:
   """Makes `workdir` this config's run directory: new, or holding a run of the same config
   (resumed). Checkpoints of another config there are refused, unless `overwrite` deletes that
@@ -428,11 +423,11 @@ def _claim_workdir(config, workdir: str, overwrite: bool) -> None:
   if has_checkpoints and os.path.isfile(path):
     with open(path) as f:
       try:
-        theirs = _flatten(json.load(f))
+        theirs = configlib.flatten(json.load(f))
       except json.JSONDecodeError:
         theirs = {"config.json": "unreadable"}
-    mine = _flatten(json.loads(config.to_json_best_effort()))
-    default = _flatten(json.loads(configlib.base().to_json_best_effort()))
+    mine = configlib.flatten(json.loads(config.to_json_best_effort()))
+    default = configlib.flatten(json.loads(configlib.base().to_json_best_effort()))
     absent = object()
     diff = []
     for k in sorted(set(theirs) | set(mine)):
@@ -460,10 +455,7 @@ def _claim_workdir(config, workdir: str, overwrite: bool) -> None:
         elif os.path.lexists(target):
           os.remove(target)
     os.makedirs(workdir, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    os.replace(tmp, path)
+    _write_text(path, config.to_json_best_effort(indent=2))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("kdjax workdir claimed")
@@ -485,7 +477,4 @@ def _truncate_metrics(workdir: str, start_step: int) -> None:
     except (json.JSONDecodeError, KeyError):  # a line cut by the kill
       pass
   if len(keep) != len(lines):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-      f.writelines(keep)
-    os.replace(tmp, path)
+    _write_text(path, "".join(keep))
