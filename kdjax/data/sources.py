@@ -25,7 +25,8 @@ from kdjax import errors
 from kdjax.data import embedded
 
 # Datasets whose builders ship with kdjax (prepared locally, no network).
-LOCAL_BUILDERS = {embedded.NAME: embedded.KdjaxDigits}
+LOCAL_BUILDERS = {embedded.NAME: embedded.KdjaxDigits,
+                  embedded.MNIST5K_NAME: embedded.KdjaxMnist5k}
 
 
 @dataclasses.dataclass
