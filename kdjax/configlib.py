@@ -74,6 +74,9 @@ def base() -> ml_collections.ConfigDict:
   # Hub id or local directory: start from these weights (a kdjax Flax port of the HF model)
   # with a new head; model.name then says the family (resnet18, mobilenet_v2) or "hub" (any).
   c.model.pretrained = ""
+  # model.name "hub" without pretrained weights: the architecture of this Hugging Face config
+  # (a directory or Hub id with config.json, e.g. a small ResNet or ViT), randomly initialised.
+  c.model.hub_config = ""
   c.model.freeze_backbone = False  # with pretrained: linear probe (backbone frozen, eval mode)
   # Frozen backbone parameters: replicate | fsdp (split over the devices, for huge teachers).
   c.model.param_sharding = "replicate"

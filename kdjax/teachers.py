@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import errors
+from kdjax import configlib, errors
 from kdjax import sharding as shd
 from kdjax.models.teachers import common
 
@@ -533,15 +533,19 @@ def _run_teacher(workdir: Path, run: dict, state: dict, preprocess: Preprocessin
 
   from kdjax import models
 
-  model_cfg = ml_collections.ConfigDict(run["model"])
+  # keys added to kdjax after the run was made take their defaults
+  model_cfg = ml_collections.ConfigDict({**configlib.base().model.to_dict(), **run["model"]})
   model_cfg.dtype = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
   model_cfg.conv_impl = conv_impl
   params = dict(state["params"])
-  if "head" not in params:
+  head = "classifier" if model_cfg.hub_config else "head"  # a Hub architecture's HubClassifier
+  if head not in params:
     raise TeacherLoadError(f"{workdir}: cannot find the classifier head of model "
                            f"{model_cfg.name!r} in its checkpoint")
-  num_classes = int(params["head"]["kernel"].shape[-1])
-  model, _ = models.build(model_cfg, num_classes)
+  num_classes = int(params[head]["kernel"].shape[-1])
+  hf_config = (json.loads((workdir / "hf_config.json").read_text()) if model_cfg.hub_config
+               else None)
+  model, _ = models.build(model_cfg, num_classes, hf_config=hf_config)
   variables = {"params": params, "batch_stats": dict(state["batch_stats"] or {})}
   variables = _place(variables, mesh, param_sharding, fsdp_min_size, on_host)
   config = {"model_type": "kdjax", "image_size": preprocess.resize[1][0]}

@@ -66,9 +66,9 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
                jax.devices()[0].platform, jax.process_count())
 
   # ---------------------------------------------------------------- Input
-  pretrained_dir = None  # the checkpoint directory model.pretrained names, resolved once
-  if config.model.pretrained:
-    pretrained_dir = teachers.fetch_once(config.model.pretrained)  # process 0 downloads first
+  pretrained_dir = None  # the directory model.pretrained (or hub_config) names, resolved once
+  if config.model.pretrained or config.model.hub_config:  # process 0 downloads first
+    pretrained_dir = teachers.fetch_once(config.model.pretrained or config.model.hub_config)
   if config.model.pretrained and config.data.normalization == "auto":
     pre = teachers.preprocessing_of(str(pretrained_dir))
     config.data.mean, config.data.std = tuple(pre.mean), tuple(pre.std)
@@ -123,6 +123,9 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
     if config.model.pretrained:  # the exact weights (Hub commit / absolute path) it started from
       _write_json(os.path.join(workdir, "pretrained.json"),
                   teachers.source_record(config.model.pretrained, pretrained_dir))
+    if pretrained_dir is not None:  # a Hub architecture: its config, for kdjax.export
+      _write_json(os.path.join(workdir, "hf_config.json"),
+                  teachers.read_config(pretrained_dir, str(pretrained_dir)))
   cache, cache_cost = None, None
   if distiller is not None and distiller.cached:
     cache, cache_cost = teacher_cache.build(config, workdir, data.train, distiller,
@@ -408,8 +411,8 @@ RESUMABLE_KEYS = (
 # What a run writes into its workdir (--overwrite deletes these and nothing else; a teacher
 # cache is kept: its own record says what it was made from, and a different one is refused).
 RUN_FILES = ("checkpoints", checkpoint.DAMAGED_DIR, "metrics.jsonl", "tensorboard",
-             "config.json", "cost.json", "teachers.json", "pretrained.json", "rho.json",
-             "rho.npy")
+             "config.json", "cost.json", "teachers.json", "pretrained.json", "hf_config.json",
+             "rho.json", "rho.npy")
 
 
 def _claim_workdir(config, workdir: str, overwrite: bool) -> None:

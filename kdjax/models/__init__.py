@@ -41,7 +41,7 @@ def names(pretrained: bool) -> list[str]:
   the checkpoint must have ("hub": whatever it is)."""
   if pretrained:
     return sorted(hub.ARCHITECTURE_CHECKS) + ["hub"]
-  return sorted(STUDENTS) + ["hub (with model.pretrained)"]
+  return sorted(STUDENTS) + ["hub"]
 
 
 def check(cfg: ml_collections.ConfigDict) -> None:
@@ -49,6 +49,14 @@ def check(cfg: ml_collections.ConfigDict) -> None:
   valid = names(bool(cfg.pretrained))
   if cfg.name not in valid:
     raise errors.UserError(f"unknown model.name {cfg.name!r}; valid: {valid}")
+  if cfg.name == "hub" and not (cfg.pretrained or cfg.hub_config):
+    raise errors.UserError("model.name='hub' needs model.pretrained (start from those weights) "
+                           "or model.hub_config (a directory or Hub id with a Hugging Face "
+                           "config.json: that architecture, randomly initialised)")
+  if cfg.hub_config and (cfg.pretrained or cfg.name != "hub"):
+    raise errors.UserError(f"model.hub_config={cfg.hub_config!r} describes a randomly "
+                           "initialised Hugging Face architecture: set model.name='hub' and "
+                           "leave model.pretrained empty")
   for key, value, table in [("model.dtype", cfg.dtype, DTYPES),
                             ("model.conv_impl", cfg.conv_impl, CONV_IMPLS),
                             ("model.stem", cfg.stem, resnet.STEMS),
@@ -65,15 +73,27 @@ def check(cfg: ml_collections.ConfigDict) -> None:
                            "directory): set it, or model.freeze_backbone=False")
 
 
-def build(cfg: ml_collections.ConfigDict, num_classes: int, pretrained_dir=None):
+def build(cfg: ml_collections.ConfigDict, num_classes: int, pretrained_dir=None,
+          hf_config: dict | None = None):
   """(model, pre-trained variables or None) for `cfg`.
 
   With `cfg.pretrained` (a Hub id or directory) the architecture and weights come from the
-  checkpoint (kdjax/models/hub.py); otherwise the student `cfg.name`, randomly initialised.
+  checkpoint (kdjax/models/hub.py); with `cfg.hub_config` the architecture of that Hugging Face
+  config, randomly initialised; otherwise the student `cfg.name`, randomly initialised.
+  `pretrained_dir`: the directory `cfg.pretrained` / `cfg.hub_config` already resolved to;
+  `hf_config`: `cfg.hub_config`'s config.json, already read (a run's hf_config.json).
   """
   check(cfg)
   if cfg.pretrained:
     return hub.build(cfg, num_classes, DTYPES[cfg.dtype], pretrained_dir)
+  if cfg.hub_config:
+    if hf_config is None:
+      from kdjax import teachers  # late: teachers imports this package
+
+      directory = pretrained_dir or teachers.resolve(cfg.hub_config)
+      hf_config = teachers.read_config(directory, cfg.hub_config)
+    return hub.build_random(cfg, num_classes, DTYPES[cfg.dtype], conv_function(cfg.conv_impl),
+                            hf_config), None
   model = STUDENTS[cfg.name](num_classes, cfg, DTYPES[cfg.dtype], conv_function(cfg.conv_impl))
   return model, None
 

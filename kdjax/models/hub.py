@@ -60,6 +60,19 @@ def backbone_variables(variables: dict) -> dict:
   return {kind: {"backbone": tree} for kind, tree in variables.items()}
 
 
+def build_random(cfg, num_classes: int, dtype: Any, conv, hf_config: dict) -> HubClassifier:
+  """HubClassifier over the architecture of a Hugging Face config.json (`hf_config`, read from
+  `cfg.hub_config`), randomly initialised by the trainer: a Hub architecture trained from
+  scratch, e.g. to publish it as a checkpoint (kdjax.export)."""
+  from kdjax import teachers  # late: teachers imports jax-heavy family modules
+
+  backbone = teachers.family_of(hf_config, str(cfg.hub_config)).build(
+      hf_config, frozenset(), dtype=dtype, num_classes=None)
+  if hasattr(backbone, "conv"):
+    backbone = backbone.clone(conv=conv)
+  return HubClassifier(backbone, num_classes)
+
+
 def build(cfg, num_classes: int, dtype: Any, source=None):
   """(HubClassifier, pre-trained variables {"params": {"backbone": ...}, ...} as host numpy
   arrays) for cfg; the trainer places them on its mesh. `source`: the directory that

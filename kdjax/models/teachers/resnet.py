@@ -144,3 +144,45 @@ def convert(tensors: common.Tensors, module: ResNet) -> dict:
   if module.num_classes is not None and tensors.has("classifier.1.weight"):
     params["classifier"] = common.dense(tensors, "classifier.1")
   return {"params": params, "batch_stats": stats}
+
+
+# ------------------------------------------------------------------------------ export layout
+
+HF_CLASSIFIER = "ResNetForImageClassification"
+
+
+def hf_layout(config: dict, num_classes: int) -> dict[str, tuple[tuple[int, ...], str]]:
+  """name -> (shape, dtype) of every tensor of transformers' ResNetForImageClassification with
+  `num_classes` labels for `config` (its state dict; tested equal to transformers'): what
+  kdjax.export writes, through `convert` run backwards."""
+  out = {}
+
+  def conv_bn(prefix, cout, cin, k):
+    out[prefix + ".convolution.weight"] = ((cout, cin, k, k), "float32")
+    for name in ("weight", "bias", "running_mean", "running_var"):
+      out[f"{prefix}.normalization.{name}"] = ((cout,), "float32")
+    out[prefix + ".normalization.num_batches_tracked"] = ((), "int64")
+
+  bottleneck = config.get("layer_type", "bottleneck") == "bottleneck"
+  emb = config.get("embedding_size", 64)
+  conv_bn("resnet.embedder.embedder", emb, config.get("num_channels", 3), 7)
+  cin = emb
+  for i, (features, depth) in enumerate(zip(config.get("hidden_sizes", (256, 512, 1024, 2048)),
+                                            config.get("depths", (3, 4, 6, 3)))):
+    for j in range(depth):
+      prefix = f"resnet.encoder.stages.{i}.layers.{j}"
+      stride = 2 if j == 0 and (i > 0 or config.get("downsample_in_first_stage", False)) else 1
+      if cin != features or stride != 1:
+        conv_bn(prefix + ".shortcut", features, cin, 1)
+      if bottleneck:
+        reduced = features // config.get("reduction", 4)
+        for k, (o, i_, size) in enumerate([(reduced, cin, 1), (reduced, reduced, 3),
+                                           (features, reduced, 1)]):
+          conv_bn(f"{prefix}.layer.{k}", o, i_, size)
+      else:
+        conv_bn(prefix + ".layer.0", features, cin, 3)
+        conv_bn(prefix + ".layer.1", features, features, 3)
+      cin = features
+  out["classifier.1.weight"] = ((num_classes, cin), "float32")
+  out["classifier.1.bias"] = ((num_classes,), "float32")
+  return out

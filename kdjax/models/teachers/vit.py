@@ -417,3 +417,44 @@ def convert(tensors: Tensors, module: VisionTransformer) -> dict:
   else:  # a new head is zero-filled by the loader; the checkpoint's (if any) is not used
     tensors.skip("classifier")
   return {"params": params}
+
+
+# ------------------------------------------------------------------------------ export layout
+
+HF_CLASSIFIER = "ViTForImageClassification"  # the one family of this module exported
+
+
+def hf_layout(config: dict, num_classes: int) -> dict[str, tuple[tuple[int, ...], str]]:
+  """name -> (shape, dtype) of every tensor of transformers' ViTForImageClassification (no
+  pooler, as HF builds it) with `num_classes` labels for `config` (tested equal to
+  transformers' state dict): what kdjax.export writes, through `convert` run backwards."""
+  family, c = family_config(config)
+  if family != "vit":
+    raise errors.UserError(f"exporting a {family!r} model is not supported yet; exportable "
+                           "Hub architectures: ResNet and ViT")
+  d, mlp, p = c["hidden_size"], c["intermediate_size"], _pair(c["patch_size"])
+  tokens = 1 + (_pair(c["image_size"])[0] // p[0]) * (_pair(c["image_size"])[1] // p[1])
+  f = "float32"
+  out = {"vit.embeddings.cls_token": ((1, 1, d), f),
+         "vit.embeddings.position_embeddings": ((1, tokens, d), f),
+         "vit.embeddings.patch_embeddings.projection.weight": ((d, c.get("num_channels", 3),
+                                                                *p), f),
+         "vit.embeddings.patch_embeddings.projection.bias": ((d,), f)}
+
+  def dense(name, n_out, n_in, bias=True):
+    out[name + ".weight"] = ((n_out, n_in), f)
+    if bias:
+      out[name + ".bias"] = ((n_out,), f)
+
+  for i in range(c["num_hidden_layers"]):
+    p_ = f"vit.encoder.layer.{i}."
+    for n in ("query", "key", "value"):
+      dense(p_ + "attention.attention." + n, d, d, c["qkv_bias"])
+    dense(p_ + "attention.output.dense", d, d)
+    dense(p_ + "intermediate.dense", mlp, d)
+    dense(p_ + "output.dense", d, mlp)
+    for n in ("layernorm_before", "layernorm_after"):
+      out[p_ + n + ".weight"] = out[p_ + n + ".bias"] = ((d,), f)
+  out["vit.layernorm.weight"] = out["vit.layernorm.bias"] = ((d,), f)
+  dense("classifier", num_classes, d)
+  return out
