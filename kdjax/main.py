@@ -9,7 +9,6 @@ SIGTERM after saving a checkpoint (the same command resumes); see kdjax/errors.p
 For several processes (TPU pod slice, multi-node GPU) pass --distributed (see README).
 """
 
-import logging as std_logging
 import os
 
 from absl import app, flags, logging
@@ -27,20 +26,13 @@ _OVERWRITE = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Drops orbax's per-save INFO chatter (dozens of lines per checkpoint); keeps its warnings."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   from kdjax import runtime
 
+  runtime.quiet_libraries()
   runtime.configure(_CONFIG.value.fast_cpu_convolutions)
   import jax  # only now: XLA reads XLA_FLAGS when the first backend starts
 

@@ -9,6 +9,7 @@ for the jaxlib releases we measured (TESTED_JAXLIB; extend it after checking a n
 
 import importlib.metadata
 import importlib.util
+import logging
 import os
 
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
@@ -55,3 +56,23 @@ def initialize_distributed() -> None:
             (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
             if os.environ.get(var)}
   jax.distributed.initialize(**kwargs)
+
+
+class QuietLibraries(logging.Filter):
+  """Drops orbax's per-save INFO chatter (dozens of lines per checkpoint) and its warnings about
+  read-only use (kdjax reads other runs' checkpoints read-only on purpose); keeps the rest."""
+
+  READ_ONLY_NOTES = ("read_only=True", "directory is read only", "Metadata file does not exist")
+
+  def filter(self, record):
+    if "/orbax/" not in record.pathname or record.levelno >= logging.ERROR:
+      return True
+    return (record.levelno >= logging.WARNING
+            and not any(note in record.getMessage() for note in self.READ_ONLY_NOTES))
+
+
+def quiet_libraries() -> None:
+  """The console shows kdjax's lines: QuietLibraries on absl's handler (call under app.run)."""
+  from absl import logging as absl_logging
+
+  absl_logging.get_absl_handler().addFilter(QuietLibraries())

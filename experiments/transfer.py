@@ -1,0 +1,282 @@
+r"""The transfer miniature, all of it: pre-training on P, publishing, probes, every arm x size x
+seed, then tables (mean, 95% interval, per seed, paired differences), costs, claims, JSON, plot.
+
+  python experiments/transfer.py --workdir=runs/transfer --out=experiments/results/transfer
+
+The setting, its networks and arms: kdjax/transfer.py (configs/transfer.py runs any one stage).
+Resumable: finished runs are read back, an interrupted one resumes from its checkpoint.
+`--dry_run` prints every stage's command without running anything.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from kdjax import transfer  # noqa: E402  (after the path: the script runs from a checkout)
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/transfer", "Where every run goes (resumable).")
+_OUT = flags.DEFINE_string("out", "experiments/results/transfer",
+                           "Where results.json, results.md and accuracy_vs_cost.png go.")
+_SIZES = flags.DEFINE_list("sizes", ["5", "20"], "T's labelled images per class.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0 .. N-1 (each re-draws T's labelled subset).")
+_ARMS = flags.DEFINE_list("arms", list(transfer.ARMS), "Student arms.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the stages' commands; run nothing.")
+_RUNLOCAL = flags.DEFINE_bool("runlocal", False, "A few steps per stage (a smoke test).")
+_COMPILE_CACHE = flags.DEFINE_bool(
+    "compile_cache", True, "Keep XLA's compiled programs in WORKDIR/xla_cache (same programs, "
+    "same results; runs after the first of a shape skip most compilation).")
+
+CLAIMS = [
+    # (paper, the paper's statement, arm, baseline)
+    ("A", "distilling a pre-trained teacher beats training the student from scratch",
+     "distill", "scratch"),
+    ("A", "a distilled student reaches or beats the same student pre-trained and fine-tuned",
+     "distill", "finetune"),
+    ("A", "extra unlabelled task inputs help the distillation", "distill_unlabelled", "distill"),
+    ("A", "(KD alone, for reference) KD from the probed teacher vs scratch", "kd", "scratch"),
+    ("B", "AFT beats fine-tuning the pre-trained model (STL)", "aft", "finetune"),
+    ("B", "AFT beats KD on the pre-trained model (its KD baseline: feature regression)", "aft",
+     "feature_kd"),
+    ("B", "a stronger pre-trained teacher gives a better student (ResNet vs ViT features)",
+     "aft", "aft_weak"),
+    ("B", "several teachers at once are at least as good as the best one", "aft_both", "aft"),
+]
+
+
+def _commands(root: str, sizes, seeds, arms) -> list[str]:
+  nets, probes = transfer.needed(arms)
+  config = "configs/transfer.py"
+  lines = [f"# root {root}: networks {nets}, probes {probes}"]
+  for name in nets:
+    lines.append(f"python -m kdjax.main --config={config}:stage=pretrain_{name},root={root} "
+                 f"--workdir={transfer.run_dir(root, f'pretrain_{name}')}")
+    lines.append(f"python -m kdjax.export --workdir={transfer.run_dir(root, f'pretrain_{name}')}"
+                 f" --out={transfer.paths(root)['published'] / name}")
+  for n in sizes:
+    for seed in seeds:
+      for stage in [*probes, *arms]:
+        lines.append(f"python -m kdjax.main --config={config}:stage={stage},n_per_class={n},"
+                     f"seed={seed},root={root} --workdir={transfer.run_dir(root, stage, n, seed)}")
+  return lines
+
+
+def _cpu() -> str:
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags_ = info.get("Flags", "").split()
+    isa = "AVX-512" if "avx512f" in flags_ else ("AVX2" if "avx2" in flags_ else "no AVX2")
+    return f"{info.get('Model name', '?').strip()} ({isa}), {os.cpu_count()} cores"
+  except (OSError, subprocess.CalledProcessError, ValueError):
+    return f"{platform.processor() or '?'}, {os.cpu_count()} cores"
+
+
+def costs(result: dict, arms, sizes) -> dict:
+  """(n, arm) -> FLOPs and seconds of what the arm pays: its run (+ teacher cache), its probes
+  on T, and the student's pre-training on P where it starts from it. The teachers' own
+  pre-training on P is the publisher's, paid once (reported apart)."""
+  pre = result["pretrain"]
+  probe = {}
+  for r in result["probes"]:
+    probe.setdefault((r["n_per_class"], r["stage"]), []).append(r)
+  runs = {}
+  for r in result["runs"]:
+    runs.setdefault((r["n_per_class"], r["stage"]), []).append(r)
+  out = {}
+  for n in sizes:
+    for arm in arms:
+      rs = runs.get((n, arm), [])
+      if not rs:
+        continue
+      mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+      own_f, own_s = mean(rs, "total_flops"), mean(rs, "wall_time_s")
+      probe_f = probe_s = 0.0
+      for source in transfer.ARMS[arm][1]:
+        if source.startswith("probe_") and probe.get((n, source)):
+          probe_f += mean(probe[(n, source)], "total_flops")
+          probe_s += mean(probe[(n, source)], "wall_time_s")
+      pre_f = pre_s = 0.0
+      if arm == "finetune" or arm.startswith(("aft", "feature_kd")):
+        pre_f, pre_s = pre["student"]["total_flops"], pre["student"]["wall_time_s"]
+      out[(n, arm)] = {"run_flops": own_f, "run_s": own_s, "probe_flops": probe_f,
+                       "probe_s": probe_s, "student_pretrain_flops": pre_f,
+                       "student_pretrain_s": pre_s, "total_flops": own_f + probe_f + pre_f,
+                       "total_s": own_s + probe_s + pre_s}
+  return out
+
+
+def _pm(mean, half, digits=4) -> str:
+  return f"{mean:.{digits}f} ± {half:.{digits}f}" if half is not None else f"{mean:.{digits}f}"
+
+
+def _diff(d) -> str:
+  if d is None:
+    return "-"
+  return f"{_pm(100 * d['mean'], None if d['ci95'] is None else 100 * d['ci95'], 1)} " \
+         f"({transfer.verdict(d)})"
+
+
+def tables(result: dict, arms, sizes) -> tuple[str, dict]:
+  runs, probes = result["runs"], result["probes"]
+  agg, probe_agg = transfer.aggregate(runs), transfer.aggregate(probes)
+  cost = costs(result, arms, sizes)
+  lines = ["## Networks pre-trained on P (MNIST-5k, 4,000 train images; test: its 1,000)", "",
+           "| network | P test accuracy | steps x batch | train FLOPs | wall time (s) |",
+           "| --- | ---: | ---: | ---: | ---: |"]
+  for name, r in result["pretrain"].items():
+    lines.append(f"| {name} | {r['test_accuracy']:.4f} | {r['steps']} x {r['batch_size']} | "
+                 f"{r['total_flops']:.3g} | {r['wall_time_s']:.0f} |")
+  summary = {"arms": {}, "probes": {}, "claims": [], "costs": {}}
+  for n in sizes:
+    lines += ["", f"## T = UCI digits, {n} labelled images per class ({10 * n} in all)", "",
+              "Linear probes of the published teachers on T (the teachers of paper A's arms):", "",
+              "| probe | test accuracy, mean ± 95% CI | per seed | val accuracy (mean) |",
+              "| --- | ---: | --- | ---: |"]
+    for (pn, stage), a in probe_agg.items():
+      if pn != n:
+        continue
+      summary["probes"][f"{stage}/n{n}"] = a
+      lines.append(f"| {stage} | {_pm(a['mean'], a['ci95'])} | "
+                   f"{', '.join(f'{x:.4f}' for x in a['test_accuracy'])} | "
+                   f"{a['val_mean']:.4f} |")
+    lines += ["", "| arm | what | test accuracy, mean ± 95% CI | per seed | val (mean) | "
+              "vs scratch, points (paired) | vs finetune, points (paired) | "
+              "agreement with teacher |",
+              "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for arm in arms:
+      a = agg.get((n, arm))
+      if a is None:
+        continue
+      vs_s = transfer.paired(runs, arm, "scratch", n) if arm != "scratch" else None
+      vs_f = transfer.paired(runs, arm, "finetune", n) if arm != "finetune" else None
+      summary["arms"][f"{arm}/n{n}"] = {**a, "vs_scratch": vs_s, "vs_finetune": vs_f}
+      agree = f"{a['agreement_mean']:.4f}" if a["agreement_mean"] is not None else "-"
+      val = f"{a['val_mean']:.4f}" if a["val_mean"] is not None else "-"
+      lines.append(f"| {arm} | {transfer.ARMS[arm][0]} | {_pm(a['mean'], a['ci95'])} | "
+                   f"{', '.join(f'{x:.4f}' for x in a['test_accuracy'])} | {val} | "
+                   f"{_diff(vs_s)} | {_diff(vs_f)} | {agree} |")
+    lines += ["", f"Cost of each arm, {n} per class (FLOPs: XLA's count of the compiled steps x "
+              "steps; seconds: the trainer's clock, mean over seeds):", "",
+              "| arm | its run (+ teacher cache) | probe(s) on T | student pre-training on P | "
+              "total FLOPs | total s | vs finetune's total |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    base = cost.get((n, "finetune"))
+    for arm in arms:
+      c = cost.get((n, arm))
+      if c is None:
+        continue
+      summary["costs"][f"{arm}/n{n}"] = c
+      ratio = f"{c['total_flops'] / base['total_flops']:.2f}x" if base else "-"
+      lines.append(f"| {arm} | {c['run_flops']:.3g} | {c['probe_flops']:.3g} | "
+                   f"{c['student_pretrain_flops']:.3g} | {c['total_flops']:.3g} | "
+                   f"{c['total_s']:.0f} | {ratio} |")
+  lines += ["", "## The papers' claims, measured", "",
+            "Paired difference of test accuracy (points, mean over seeds ± 95% CI); 'better' / "
+            "'worse' only when the interval excludes 0, otherwise 'no effect'.", "",
+            "| paper | statement | arm - baseline | " + " | ".join(
+                f"{n} per class" for n in sizes) + " |",
+            "| --- | --- | --- | " + " | ".join("---:" for _ in sizes) + " |"]
+  for paper, statement, arm, baseline in CLAIMS:
+    if arm not in arms or baseline not in arms:
+      continue
+    cells, row = [], {"paper": paper, "statement": statement, "arm": arm, "baseline": baseline}
+    for n in sizes:
+      d = transfer.paired(runs, arm, baseline, n)
+      row[f"n{n}"] = d
+      cells.append(_diff(d))
+    summary["claims"].append(row)
+    lines.append(f"| {paper} | {statement} | {arm} - {baseline} | {' | '.join(cells)} |")
+  return "\n".join(lines), summary
+
+
+def plot(summary: dict, result: dict, arms, sizes, path: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, len(sizes), figsize=(7 * len(sizes), 5.2), dpi=110,
+                           squeeze=False)
+  markers = "osD^vPX*h"
+  for ax, n in zip(axes[0], sizes):
+    for i, arm in enumerate(arms):
+      a, c = summary["arms"].get(f"{arm}/n{n}"), summary["costs"].get(f"{arm}/n{n}")
+      if a is None:
+        continue
+      ax.errorbar([c["total_flops"]], [a["mean"]], yerr=[a["ci95"] or 0.0],
+                  fmt=markers[i % len(markers)], color=f"C{i}", capsize=4, markersize=7,
+                  label=f"{arm}: {a['mean']:.3f}")
+      ax.plot([c["total_flops"]] * len(a["test_accuracy"]), a["test_accuracy"], "_",
+              color=f"C{i}", alpha=0.7, markersize=11)
+    ax.set_xscale("log")
+    ax.set_xlabel("FLOPs the arm pays: its run + probes on T + the student's P pre-training")
+    ax.set_ylabel("test accuracy on T (1,360 UCI digits)")
+    ax.set_title(f"{n} labelled images per class: mean ± 95% CI over seeds (dashes: seeds)",
+                 fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+  fig.suptitle("kdjax transfer miniature: pre-trained on MNIST-5k, transferred to UCI digits",
+               fontsize=11)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  sizes = [int(s) for s in _SIZES.value]
+  seeds = list(range(_SEEDS.value))
+  arms = list(_ARMS.value)
+  unknown = sorted(set(arms) - set(transfer.ARMS))
+  if unknown or not arms or not seeds or not sizes:
+    raise app.UsageError(f"need known arms (unknown: {unknown}; valid: {list(transfer.ARMS)}), "
+                         "--seeds >= 1 and at least one size")
+  root = os.path.abspath(_WORKDIR.value)
+  if _DRY_RUN.value:
+    print("\n".join(_commands(root, sizes, seeds, arms)))
+    return
+  from kdjax import runtime
+
+  runtime.configure(True)
+  runtime.quiet_libraries()
+  import jax
+
+  if _COMPILE_CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", os.path.join(root, "xla_cache"))
+  t0, load_start = time.perf_counter(), os.getloadavg()[0]
+  result = transfer.run_all(root, arms, sizes, seeds, runlocal=_RUNLOCAL.value,
+                            log=lambda s: print(s, flush=True))
+  text, summary = tables(result, arms, sizes)
+  meta = {"command": " ".join(["python", "experiments/transfer.py", *sys.argv[1:]]),
+          "machine": _cpu(), "total_wall_s": time.perf_counter() - t0,
+          "load_average_1min": [load_start, os.getloadavg()[0]], "sizes": sizes,
+          "seeds": seeds, "arms": arms,
+          "interval": "95% CI of the mean over seeds: Student's t with n-1 degrees of freedom"}
+  out = os.path.abspath(_OUT.value)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump({"meta": meta, "summary": summary, **result}, f, indent=2)
+  plot(summary, result, arms, sizes, os.path.join(out, "accuracy_vs_cost.png"))
+  header = (f"# kdjax transfer miniature: results\n\n```bash\n{meta['command']}\n```\n\n"
+            f"Measured on {meta['machine']}; this invocation took "
+            f"{meta['total_wall_s'] / 60:.1f} min (finished runs are read back, not re-run); "
+            f"1-minute load average {load_start:.1f} at the start. Seeds {seeds}: each re-draws "
+            "T's validation hold-out and labelled images and the student's initialisation. "
+            "The setting: kdjax/transfer.py. 95% CI: Student's t over seeds.\n\n")
+  with open(os.path.join(out, "results.md"), "w") as f:
+    f.write(header + text + "\n\n![accuracy against cost](accuracy_vs_cost.png)\n")
+  print(text, flush=True)
+  print(f"wrote {out}/results.md, results.json, accuracy_vs_cost.png "
+        f"({meta['total_wall_s'] / 60:.1f} min)", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

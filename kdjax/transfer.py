@@ -1,0 +1,358 @@
+r"""The transfer miniature: real pre-training on one dataset, real transfer to another, offline.
+
+Both papers are about pre-trained models: paper A (Farhat & Chen, arXiv 2404.03263) distils a
+public pre-trained teacher, adapted to the task by a linear probe, into a student from scratch
+and compares it with the same student pre-trained and fine-tuned; paper B (Qiu et al., arXiv
+2406.07337) adds AFT to a pre-trained downstream model and compares it with fine-tuning (STL)
+and KD, with weaker and stronger teachers and with several at once. This module runs that
+pipeline with two real datasets that ship inside pip packages, as a user with Hub weights
+would run it, every step a plain kdjax run:
+
+1. Pre-training corpus P = `kdjax_mnist5k` (4,000 MNIST digits, kdjax/data/embedded.py). Three
+   Hugging Face architectures (ARCHITECTURES: a ResNet teacher, a ViT teacher, the student's
+   ResNet) are trained on P from random init (`model.name=hub`, `model.hub_config`) and
+   published with kdjax.export as Hugging Face checkpoint directories (`published/NAME`).
+2. Target task T = `kdjax_digits` (the UCI digits in scikit-learn): its first 437 train images
+   are the training pool (a 10% validation hold-out, then `n_per_class` labelled images per
+   digit, re-drawn by every seed), the other 1,360 images the test split.
+3. Each teacher is adapted to T by a linear probe on the labelled images (configs/adapt.py's
+   recipe: frozen backbone, new head).
+4. The student arms (ARMS) on T, every one the same steps and batch.
+
+`config_for("stage=...,n_per_class=...,seed=...,root=...")` is every run's kdjax config
+(configs/transfer.py exposes it to `python -m kdjax.main`); `run_all` runs the stages in order,
+skipping finished runs; `aggregate` and `paired` give means, 95% intervals and paired
+differences. experiments/transfer.py is the full grid; `python -m kdjax.demo` a small part.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from kdjax import configlib, errors
+
+P_DATA = "kdjax_mnist5k"
+T_DATA = "kdjax_digits"
+T_TRAIN_SPLIT = "train[:437]"  # the training pool of T
+T_TEST_SPLIT = "train[437:]+test"  # 1,360 images: one image is 0.07 points
+IMAGE_SIZE = 32  # both sets are 8x8 images (17 grey levels), upsampled to 32 px
+
+# Hugging Face configs (config.json) of the networks trained on P. The HF ResNet's stem divides
+# the input by 4, so 32 px inputs keep the 8x8 digits' detail after the stem.
+ARCHITECTURES = {
+    # the strong teacher: ResNet-18's layout at half width
+    "resnet": {"model_type": "resnet", "num_channels": 3, "embedding_size": 32,
+               "hidden_sizes": [32, 64, 128, 256], "depths": [2, 2, 2, 2],
+               "layer_type": "basic", "hidden_act": "relu"},
+    # the weak teacher: a small ViT (4x4 patches at 32 px: 64 tokens)
+    "vit": {"model_type": "vit", "num_channels": 3, "image_size": IMAGE_SIZE, "patch_size": 4,
+            "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "intermediate_size": 128, "hidden_act": "gelu", "qkv_bias": True,
+            "layer_norm_eps": 1e-12},
+    # the student: ResNet-18's layout at quarter width
+    "student": {"model_type": "resnet", "num_channels": 3, "embedding_size": 16,
+                "hidden_sizes": [16, 32, 64, 128], "depths": [2, 2, 2, 2],
+                "layer_type": "basic", "hidden_act": "relu"},
+}
+TEACHERS = ("resnet", "vit")  # stronger, weaker (measured: P test accuracy, probe accuracy)
+PRETRAIN_STEPS = 1200  # on P, batch 64: 19 epochs of its 4,000 images
+PROBE_STEPS = 200
+ARM_STEPS = 300  # every student arm on T, batch 32
+CACHE_VIEWS = 16  # cached teachers (AFT, feature-KD): augmented views per training image
+
+# arm -> (what it is, the teachers it reads: "probe_X" = teacher X probed on T, "X" = X as
+# published, pre-trained features only)
+ARMS = {
+    "scratch": ("student from scratch, CE", ()),
+    "finetune": ("student pre-trained on P, fine-tuned (paper A's baseline = paper B's STL)", ()),
+    "distill": ("paper A: scratch student, CE + KD + align + unif from the probed ResNet", (
+        "probe_resnet",)),
+    "distill_unlabelled": ("paper A + T's unlabelled remainder as extra inputs", (
+        "probe_resnet",)),
+    "kd": ("scratch student, CE + KD from the probed ResNet", ("probe_resnet",)),
+    "aft": ("paper B: pre-trained student, CE + AFT, ResNet features", ("resnet",)),
+    "aft_weak": ("paper B: pre-trained student, CE + AFT, ViT features (weaker teacher)", (
+        "vit",)),
+    "aft_both": ("paper B: pre-trained student, CE + AFT, ResNet + ViT features concatenated",
+                 ("resnet", "vit")),
+    "feature_kd": ("paper B's feature-KD baseline on the pre-trained student, ResNet features",
+                   ("resnet",)),
+}
+STAGES = ("pretrain_resnet", "pretrain_vit", "pretrain_student", "probe_resnet", "probe_vit",
+          *ARMS)
+
+
+# ------------------------------------------------------------------------------------ configs
+
+
+def paths(root) -> dict[str, Path]:
+  root = Path(root).resolve()
+  return {"root": root, "hf": root / "hf", "pretrain": root / "pretrain",
+          "published": root / "published"}
+
+
+def run_dir(root, stage: str, n_per_class: int = 0, seed: int = 0) -> Path:
+  """Where a stage's run lives: pretrain/NAME, or nN/sSEED/STAGE on T."""
+  if stage.startswith("pretrain_"):
+    return paths(root)["pretrain"] / stage.removeprefix("pretrain_")
+  return paths(root)["root"] / f"n{n_per_class}" / f"s{seed}" / stage
+
+
+def _t_data(c, n_per_class: int, seed: int) -> None:
+  c.data.name = T_DATA
+  c.data.train_split, c.data.test_split = T_TRAIN_SPLIT, T_TEST_SPLIT
+  c.data.val_fraction = 0.1
+  c.data.n_per_class = n_per_class
+  c.data.subset_seed = seed  # every seed re-draws the hold-out and the labelled images
+
+
+def config_for(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The kdjax config of one stage: `stage=` one of STAGES, `n_per_class=` (T's labelled images
+  per class), `seed=`, `root=` (where every run of the setting lives), `steps=` (0: the
+  stage's default), `runlocal` (a few steps)."""
+  arg = configlib.parse_arg(arg, stage="scratch", n_per_class=5, seed=0, root="runs/transfer",
+                            steps=0, runlocal=False)
+  if arg.stage not in STAGES:
+    raise ValueError(f"unknown transfer stage {arg.stage!r}; valid: {list(STAGES)}")
+  p = paths(arg.root)
+  c = configlib.base()
+  c.seed = arg.seed
+  c.data.load_size = c.data.image_size = IMAGE_SIZE
+  c.data.augment.kind = "crop_flip"
+  c.data.augment.pad = 4  # one pixel of the 8x8 originals
+  c.data.augment.flip = False  # digits are not mirror-symmetric
+  c.data.mean = c.data.std = (0.5, 0.5, 0.5)
+  c.data.normalization = "config"  # the same inputs for every network
+  c.optimizer.name = "adamw"  # paper A: AdamW, lr 1e-3, weight decay 1e-2
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.weight_decay = 1e-2
+  c.optimizer.schedule = "cosine"
+  c.eval_batch_size = 500
+  c.model.name = "hub"
+  stage = arg.stage
+  if stage.startswith("pretrain_"):
+    name = stage.removeprefix("pretrain_")
+    c.data.name = P_DATA
+    c.model.hub_config = str(p["hf"] / name)
+    c.batch_size = 64
+    c.total_steps = arg.steps or PRETRAIN_STEPS
+    c.optimizer.warmup_steps = c.total_steps // 20
+  elif stage.startswith("probe_"):  # paper A's step 1: a linear probe on T
+    _t_data(c, arg.n_per_class, arg.seed)
+    c.model.pretrained = str(p["published"] / stage.removeprefix("probe_"))
+    c.model.freeze_backbone = True
+    c.batch_size = 32
+    c.total_steps = arg.steps or PROBE_STEPS
+    c.optimizer.learning_rate = 1e-2
+    c.optimizer.weight_decay = 0.0
+  else:
+    _t_data(c, arg.n_per_class, arg.seed)
+    c.batch_size = 32
+    c.total_steps = arg.steps or ARM_STEPS
+    sources = ARMS[stage][1]
+    pretrained_student = stage == "finetune" or stage.startswith(("aft", "feature_kd"))
+    if pretrained_student:
+      c.model.pretrained = str(p["published"] / "student")
+      c.optimizer.backbone_lr_scale = 0.1  # paper A's fine-tune: backbone 1e-4, head 1e-3
+    else:
+      c.model.hub_config = str(p["hf"] / "student")
+    teachers = []
+    for source in sources:
+      if source.startswith("probe_"):
+        teachers.append(str(run_dir(arg.root, source, arg.n_per_class, arg.seed)))
+      else:
+        teachers.append(str(p["published"] / source))
+    c.teacher.models = ",".join(teachers)
+    if stage in ("distill", "distill_unlabelled"):
+      c.loss.kd_weight = c.loss.align_weight = c.loss.unif_weight = 1.0
+      c.data.unlabelled_rest = stage == "distill_unlabelled"
+    elif stage == "kd":
+      c.loss.kd_weight = 1.0
+    elif stage.startswith("aft"):
+      c.loss.aft_weight = 1.0
+    elif stage == "feature_kd":
+      c.loss.feature_kd_weight = 1.0
+      # AFT's reference trains its KD baseline's map at the model's learning rate, not the
+      # prior's (amazon-science/adaptive-feature-transfer; ../shared/PAPERS.md, paper B)
+      c.loss.prior_learning_rate = c.optimizer.learning_rate
+    if stage.startswith(("aft", "feature_kd")):  # paper B: teacher features computed once
+      c.teacher.mode = "cached"
+      c.teacher.cache_views = CACHE_VIEWS
+  c.checkpoint_every_steps = c.total_steps
+  c.log_every_steps = max(1, c.total_steps // 4)
+  if arg.runlocal:
+    configlib.shrink_for_local_run(c)
+  return c
+
+
+def write_architectures(root) -> None:
+  """root/hf/NAME/config.json for every network of the setting (plain JSON: no torch)."""
+  for name, config in ARCHITECTURES.items():
+    directory = paths(root)["hf"] / name
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(config, indent=2) + "\n"
+    if not (directory / "config.json").is_file() or (
+        directory / "config.json").read_text() != text:
+      (directory / "config.json").write_text(text)
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+def _record_path(directory: Path) -> Path:
+  return directory / "transfer.json"
+
+
+def run_stage(stage: str, root, n_per_class: int = 0, seed: int = 0, steps: int = 0,
+              runlocal: bool = False) -> dict:
+  """Trains one stage (or resumes it, or reads its record when finished): its record."""
+  from kdjax import train  # the trainer imports JAX and every model
+
+  directory = run_dir(root, stage, n_per_class, seed)
+  record_path = _record_path(directory)
+  if record_path.is_file():
+    return json.loads(record_path.read_text())
+  arg = (f"stage={stage},n_per_class={n_per_class},seed={seed},root={root},steps={steps}"
+         + (",runlocal" if runlocal else ""))
+  config = config_for(arg)
+  t0 = time.perf_counter()
+  m = train.train_and_evaluate(config, str(directory)).metrics
+  record = {
+      "stage": stage, "n_per_class": n_per_class, "seed": seed,
+      "test_accuracy": m.get("test/accuracy"), "test_count": m.get("test/count"),
+      "val_accuracy": m.get("val/accuracy"), "val_count": m.get("val/count"),
+      "teacher_test_accuracy": m.get("test/teacher_accuracy"),
+      "agreement": m.get("test/agreement"),
+      "steps": config.total_steps, "batch_size": config.batch_size,
+      "train_flops": m["cost/train_flops"],
+      "teacher_cache_flops": m.get("cost/teacher_cache_flops", 0.0),
+      "wall_time_s": m["cost/wall_time_s"] + m.get("cost/teacher_cache_wall_time_s", 0.0),
+      "call_wall_time_s": time.perf_counter() - t0,
+  }
+  record["total_flops"] = record["train_flops"] + record["teacher_cache_flops"]
+  tmp = record_path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(record, indent=2))
+  os.replace(tmp, record_path)
+  return record
+
+
+def publish(name: str, root) -> Path:
+  """Exports pretrain/NAME as a Hugging Face checkpoint directory published/NAME (once)."""
+  from kdjax import export  # imports the teacher loader (JAX)
+
+  out = paths(root)["published"] / name
+  source = run_dir(root, f"pretrain_{name}")
+  if (out / "kdjax_export.json").is_file():
+    record = json.loads((out / "kdjax_export.json").read_text())
+    if record["run"] == str(source):
+      return out
+  export.to_hf(source, out, overwrite=True)
+  return out
+
+
+def needed(arms) -> tuple[list[str], list[str]]:
+  """(networks to pre-train on P, teachers to probe on T) for `arms`."""
+  sources = {s for arm in arms for s in ARMS[arm][1]}
+  nets = {s.removeprefix("probe_") for s in sources}
+  if any(arm == "finetune" or arm.startswith(("aft", "feature_kd")) for arm in arms):
+    nets.add("student")
+  order = [n for n in ("resnet", "vit", "student") if n in nets]
+  # every published teacher is probed on T: its adapted accuracy measures its strength there
+  return order, [f"probe_{n}" for n in order if n in TEACHERS]
+
+
+def run_all(root, arms, sizes, seeds, steps: dict | None = None, runlocal: bool = False,
+            log=print) -> dict:
+  """Every stage `arms` need, in order (finished runs are read back): {"pretrain": {name:
+  record}, "probes": [records], "runs": [records]}."""
+  unknown = sorted(set(arms) - set(ARMS))
+  if unknown:
+    raise errors.UserError(f"unknown transfer arms {unknown}; valid: {list(ARMS)}")
+  steps = steps or {}
+  write_architectures(root)
+  nets, probes = needed(arms)
+  out = {"pretrain": {}, "probes": [], "runs": []}
+
+  def one(stage, n=0, seed=0):
+    kind = "pretrain" if stage.startswith("pretrain_") else (
+        "probe" if stage.startswith("probe_") else "arm")
+    done = _record_path(run_dir(root, stage, n, seed)).is_file()
+    log(f"--- {stage}" + (f" n={n} seed={seed}" if kind != "pretrain" else "")
+        + (": finished before" if done else ""))
+    record = run_stage(stage, root, n, seed, steps.get(kind, 0), runlocal)
+    log(f"--- {stage}: test accuracy {record['test_accuracy']:.4f}"
+        + ("" if done else f" ({record['call_wall_time_s']:.0f}s)"))
+    return record
+
+  for name in nets:
+    out["pretrain"][name] = one(f"pretrain_{name}")
+    publish(name, root)
+  for n in sizes:
+    for seed in seeds:
+      out["probes"] += [one(probe, n, seed) for probe in probes]
+      out["runs"] += [one(arm, n, seed) for arm in arms]
+  return out
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+
+def interval(values) -> tuple[float, float | None]:
+  """(mean, half-width of the 95% confidence interval of the mean: Student's t, n-1 degrees of
+  freedom; None for one value)."""
+  from scipy import stats  # a scikit-learn dependency
+
+  x = np.asarray(values, np.float64)
+  if len(x) < 2:
+    return float(x.mean()), None
+  half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+  return float(x.mean()), float(half)
+
+
+def aggregate(records: list[dict], key: str = "stage") -> dict:
+  """(n_per_class, stage) -> mean, 95% interval, per-seed values of test and val accuracy."""
+  groups: dict = {}
+  for r in records:
+    groups.setdefault((r["n_per_class"], r[key]), []).append(r)
+  out = {}
+  for group, rs in sorted(groups.items()):
+    rs = sorted(rs, key=lambda r: r["seed"])
+    mean, half = interval([r["test_accuracy"] for r in rs])
+    val = [r["val_accuracy"] for r in rs if r.get("val_accuracy") is not None]
+    out[group] = {"seeds": [r["seed"] for r in rs],
+                  "test_accuracy": [r["test_accuracy"] for r in rs], "mean": mean,
+                  "ci95": half, "val_mean": float(np.mean(val)) if val else None,
+                  "agreement_mean": (float(np.mean([r["agreement"] for r in rs]))
+                                     if all(r.get("agreement") is not None for r in rs)
+                                     else None)}
+  return out
+
+
+def paired(records: list[dict], arm: str, baseline: str, n_per_class: int) -> dict | None:
+  """Mean and 95% interval over seeds of (arm - baseline) on the same seed (same labelled
+  images, same initialisation), or None when no seed has both."""
+  by = {(r["stage"], r["seed"]): r["test_accuracy"] for r in records
+        if r["n_per_class"] == n_per_class}
+  seeds = sorted(s for (a, s) in by if a == arm and (baseline, s) in by)
+  if not seeds:
+    return None
+  mean, half = interval([by[(arm, s)] - by[(baseline, s)] for s in seeds])
+  return {"mean": mean, "ci95": half, "seeds": seeds,
+          "differences": [by[(arm, s)] - by[(baseline, s)] for s in seeds]}
+
+
+def verdict(diff: dict | None) -> str:
+  """'better' / 'worse' when the 95% interval excludes 0, else 'no effect' (or n/a)."""
+  if diff is None:
+    return "n/a"
+  if diff["ci95"] is None:
+    return "one seed"
+  if diff["mean"] - diff["ci95"] > 0:
+    return "better"
+  if diff["mean"] + diff["ci95"] < 0:
+    return "worse"
+  return "no effect"
