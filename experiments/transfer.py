@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +29,9 @@ _OUT = flags.DEFINE_string("out", "experiments/results/transfer",
 _SIZES = flags.DEFINE_list("sizes", ["5", "20"], "T's labelled images per class.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0 .. N-1 (each re-draws T's labelled subset).")
 _ARMS = flags.DEFINE_list("arms", list(transfer.ARMS), "Student arms.")
+_AFT_BETAS = flags.DEFINE_list(
+    "aft_betas", [], "Also run the `aft` arm at these betas (besides paper B's 1) and choose "
+    "beta per size by mean validation accuracy (paper B tunes beta per task).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the stages' commands; run nothing.")
 _RUNLOCAL = flags.DEFINE_bool("runlocal", False, "A few steps per stage (a smoke test).")
 _COMPILE_CACHE = flags.DEFINE_bool(
@@ -197,6 +201,32 @@ def tables(result: dict, arms, sizes) -> tuple[str, dict]:
   return "\n".join(lines), summary
 
 
+def aft_tuning(result: dict, betas, sizes) -> tuple[str, dict]:
+  """Per size: each beta's validation and test accuracy and its paired difference to fine-tuning;
+  the beta with the best mean validation accuracy is chosen (test accuracy plays no part)."""
+  runs = result["runs"] + result.get("aft_sweep", [])
+  agg = transfer.aggregate(runs)
+  lines = ["## AFT's beta, chosen on T's validation split", "",
+           "The validation hold-out is 10% of T's pool (43-44 images: one image is 2.3 points); "
+           "beta is chosen by its mean over seeds.", "",
+           "| labelled per class | beta | val accuracy (mean) | test accuracy, mean ± 95% CI | "
+           "vs finetune, points (paired) | chosen |", "| ---: | ---: | ---: | ---: | ---: | --- |"]
+  out = {}
+  for n in sizes:
+    rows = [(1.0, "aft")] + [(float(b), transfer.variant("aft", float(b))) for b in betas]
+    have = [(b, stage, agg[(n, stage)]) for b, stage in rows if (n, stage) in agg]
+    if not have:
+      continue
+    chosen = max(have, key=lambda x: (x[2]["val_mean"], -abs(np.log(x[0]))))[1]
+    out[n] = {"chosen": chosen, "betas": {}}
+    for b, stage, a in sorted(have):
+      d = transfer.paired(runs, stage, "finetune", n)
+      out[n]["betas"][f"{b:g}"] = {**a, "vs_finetune": d}
+      lines.append(f"| {n} | {b:g} | {a['val_mean']:.4f} | {_pm(a['mean'], a['ci95'])} | "
+                   f"{_diff(d)} | {'yes' if stage == chosen else ''} |")
+  return "\n".join(lines), out
+
+
 def plot(summary: dict, result: dict, arms, sizes, path: str) -> None:
   import matplotlib
 
@@ -254,7 +284,18 @@ def main(argv):
   t0, load_start = time.perf_counter(), os.getloadavg()[0]
   result = transfer.run_all(root, arms, sizes, seeds, runlocal=_RUNLOCAL.value,
                             log=lambda s: print(s, flush=True))
+  betas = [float(b) for b in _AFT_BETAS.value]
+  result["aft_sweep"] = []
+  for n in sizes if betas else []:
+    for seed in seeds:
+      for beta in betas:
+        print(f"--- aft beta={beta:g} n={n} seed={seed}", flush=True)
+        result["aft_sweep"].append(transfer.run_stage("aft", root, n, seed,
+                                                      runlocal=_RUNLOCAL.value, beta=beta))
   text, summary = tables(result, arms, sizes)
+  if betas:
+    tuning_text, summary["aft_tuning"] = aft_tuning(result, betas, sizes)
+    text += "\n\n" + tuning_text
   meta = {"command": " ".join(["python", "experiments/transfer.py", *sys.argv[1:]]),
           "machine": _cpu(), "total_wall_s": time.perf_counter() - t0,
           "load_average_1min": [load_start, os.getloadavg()[0]], "sizes": sizes,

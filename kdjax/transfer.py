@@ -113,9 +113,9 @@ def _t_data(c, n_per_class: int, seed: int) -> None:
 def config_for(arg: str | None = None) -> ml_collections.ConfigDict:
   """The kdjax config of one stage: `stage=` one of STAGES, `n_per_class=` (T's labelled images
   per class), `seed=`, `root=` (where every run of the setting lives), `steps=` (0: the
-  stage's default), `runlocal` (a few steps)."""
+  stage's default), `beta=` (AFT arms' weight; 0: 1, paper B's default), `runlocal`."""
   arg = configlib.parse_arg(arg, stage="scratch", n_per_class=5, seed=0, root="runs/transfer",
-                            steps=0, runlocal=False)
+                            steps=0, beta=0.0, runlocal=False)
   if arg.stage not in STAGES:
     raise ValueError(f"unknown transfer stage {arg.stage!r}; valid: {list(STAGES)}")
   p = paths(arg.root)
@@ -173,7 +173,7 @@ def config_for(arg: str | None = None) -> ml_collections.ConfigDict:
     elif stage == "kd":
       c.loss.kd_weight = 1.0
     elif stage.startswith("aft"):
-      c.loss.aft_weight = 1.0
+      c.loss.aft_weight = arg.beta or 1.0  # paper B's beta; its reference tunes it per task
     elif stage == "feature_kd":
       c.loss.feature_kd_weight = 1.0
       # AFT's reference trains its KD baseline's map at the model's learning rate, not the
@@ -207,22 +207,28 @@ def _record_path(directory: Path) -> Path:
   return directory / "transfer.json"
 
 
+def variant(stage: str, beta: float = 0.0) -> str:
+  """The name of an AFT arm run at another beta (`aft_beta0.3`), else `stage`."""
+  return f"{stage}_beta{beta:g}" if beta else stage
+
+
 def run_stage(stage: str, root, n_per_class: int = 0, seed: int = 0, steps: int = 0,
-              runlocal: bool = False) -> dict:
+              runlocal: bool = False, beta: float = 0.0) -> dict:
   """Trains one stage (or resumes it, or reads its record when finished): its record."""
   from kdjax import train  # the trainer imports JAX and every model
 
-  directory = run_dir(root, stage, n_per_class, seed)
+  directory = run_dir(root, variant(stage, beta), n_per_class, seed)
   record_path = _record_path(directory)
   if record_path.is_file():
     return json.loads(record_path.read_text())
-  arg = (f"stage={stage},n_per_class={n_per_class},seed={seed},root={root},steps={steps}"
-         + (",runlocal" if runlocal else ""))
+  arg = (f"stage={stage},n_per_class={n_per_class},seed={seed},root={root},steps={steps},"
+         f"beta={beta}" + (",runlocal" if runlocal else ""))
   config = config_for(arg)
   t0 = time.perf_counter()
   m = train.train_and_evaluate(config, str(directory)).metrics
   record = {
-      "stage": stage, "n_per_class": n_per_class, "seed": seed,
+      "stage": variant(stage, beta), "arm": stage, "n_per_class": n_per_class, "seed": seed,
+      "aft_weight": config.loss.aft_weight,
       "test_accuracy": m.get("test/accuracy"), "test_count": m.get("test/count"),
       "val_accuracy": m.get("val/accuracy"), "val_count": m.get("val/count"),
       "teacher_test_accuracy": m.get("test/teacher_accuracy"),
