@@ -138,6 +138,9 @@ def to_hf(workdir, out, overwrite: bool = False) -> dict:
         f"{workdir} is not a kdjax run of a Hugging Face architecture (no hf_config.json): "
         "export works for runs with model.name=hub (model.hub_config or model.pretrained) "
         "and model.pretrained fine-tunes or probes; kdjax's own students are not exportable")
+  if out == workdir or out in workdir.parents or workdir in out.parents:
+    raise errors.UserError(f"--out={out} overlaps the run {workdir}: export into a directory "
+                           "outside the run")
   if out.exists() and not overwrite:
     raise errors.UserError(f"{out} exists: choose another --out, or pass --overwrite")
   run = json.loads((workdir / "config.json").read_text())
@@ -161,7 +164,11 @@ def to_hf(workdir, out, overwrite: bool = False) -> dict:
             "label2id": {n: i for i, n in enumerate(names)}, "torch_dtype": "float32"}
   config.pop("num_labels", None)
   layout = family.hf_layout(config, num_classes)
-  variables = {"params": {**params["backbone"], "classifier": params["classifier"]}}
+  # a checkpoint saved by ViTModel has a pooler that ViTForImageClassification lacks and its
+  # head does not read: not exported
+  backbone = {k: v for k, v in params["backbone"].items()
+              if not (k == "pooler" and hf_config.get("model_type") == "vit")}
+  variables = {"params": {**backbone, "classifier": params["classifier"]}}
   if stats:
     variables["batch_stats"] = stats["backbone"]
   tensors = hf_tensors(family, config, layout, variables)
@@ -173,9 +180,13 @@ def to_hf(workdir, out, overwrite: bool = False) -> dict:
   if fraction == 1.0:  # the eval view: the whole image resized to size x size
     processor.update(image_processor_type="ViTImageProcessor",
                      size={"height": size, "width": size})
-  else:  # central crop of `fraction`: HF's nearest equivalent resizes first, then crops
+  elif size < 384:  # central crop of `fraction`: HF's nearest equivalent resizes, then crops
     processor.update(image_processor_type="ConvNextImageProcessor",
                      size={"shortest_edge": size}, crop_pct=fraction)
+  else:
+    raise errors.UserError(
+        f"the run's eval view crops the central {fraction:g} at {size} px: Hugging Face image "
+        "processors crop only below 384 px, so the exported view would differ")
   ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), max_to_keep=1_000_000,
                                  read_only=True)
   step = ckpt.latest_step()
@@ -205,23 +216,24 @@ def to_hf(workdir, out, overwrite: bool = False) -> dict:
   return record
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The kdjax run to export.")
-_OUT = flags.DEFINE_string("out", None, "The directory to write.")
-_FORMAT = flags.DEFINE_enum("format", "hf", FORMATS, "hf: a Hugging Face checkpoint directory.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value or not _OUT.value:
+  workdir, out = flags.FLAGS.workdir, flags.FLAGS.out
+  if not workdir or not out:
     raise errors.UserError("pass --workdir=RUN and --out=DIR")
-  record = to_hf(_WORKDIR.value, _OUT.value, _OVERWRITE.value)
-  print(f"wrote {_OUT.value}: {record['architecture']}, {record['num_classes']} classes, "
+  record = to_hf(workdir, out, flags.FLAGS.overwrite)
+  print(f"wrote {out}: {record['architecture']}, {record['num_classes']} classes, "
         f"step {record['step']}", flush=True)
 
 
 if __name__ == "__main__":
+  # Flags are defined here, not on import (as generate.py and data/folder.py do): kdjax.cost
+  # and kdjax.main define --workdir / --out / --overwrite on import too.
   from kdjax import cli  # bad input: one line and exit status 2
 
+  flags.DEFINE_string("workdir", None, "The kdjax run to export.")
+  flags.DEFINE_string("out", None, "The directory to write.")
+  flags.DEFINE_enum("format", "hf", FORMATS, "hf: a Hugging Face checkpoint directory.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
   cli.run(main)

@@ -89,14 +89,14 @@ def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def uci_procedure(image: np.ndarray) -> np.ndarray:
   """A 28x28 grey MNIST digit -> 8x8 by the UCI optdigits preprocessing (what made
-  kdjax_digits): a binary bitmap of the digit, its bounding box scaled to fill a 32x32 box
-  (height filled, aspect kept, centred), then the 'on' pixels counted in non-overlapping 4x4
+  kdjax_digits): a binary bitmap of the digit, its bounding box scaled so its longer side fills
+  a 32x32 box (aspect kept, centred), then the 'on' pixels counted in non-overlapping 4x4
   blocks (0..16), scaled to 0..255 as kdjax_digits is."""
   bitmap = image > 127
   rows, cols = np.flatnonzero(bitmap.any(1)), np.flatnonzero(bitmap.any(0))
   box = bitmap[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
   h, w = box.shape
-  scale = 32 / max(h, w) if w > h else 32 / h
+  scale = 32 / max(h, w)
   nh, nw = max(1, min(32, round(h * scale))), max(1, min(32, round(w * scale)))
   resized = np.asarray(Image.fromarray(box.astype(np.uint8) * 255).resize(
       (nw, nh), Image.NEAREST)) > 127
