@@ -45,6 +45,10 @@ CLAIMS = [
     ("A", "a distilled student reaches or beats the same student pre-trained and fine-tuned",
      "distill", "finetune"),
     ("A", "extra unlabelled task inputs help the distillation", "distill_unlabelled", "distill"),
+    ("A", "(investigation) a teacher fine-tuned on T instead of probed", "distill_tuned",
+     "distill"),
+    ("A", "(investigation) distilled from the fine-tuned teacher vs pre-trained + fine-tuned",
+     "distill_tuned", "finetune"),
     ("A", "(KD alone, for reference) KD from the probed teacher vs scratch", "kd", "scratch"),
     ("B", "AFT beats fine-tuning the pre-trained model (STL)", "aft", "finetune"),
     ("B", "AFT beats KD on the pre-trained model (its KD baseline: feature regression)", "aft",
@@ -52,6 +56,8 @@ CLAIMS = [
     ("B", "a stronger pre-trained teacher gives a better student (ResNet vs ViT features)",
      "aft", "aft_weak"),
     ("B", "several teachers at once are at least as good as the best one", "aft_both", "aft"),
+    ("B", "(investigation) AFT vs STL when the teacher saw 4x the student's P images",
+     "aft_p25", "finetune_p25"),
 ]
 
 
@@ -103,13 +109,14 @@ def costs(result: dict, arms, sizes) -> dict:
       mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
       own_f, own_s = mean(rs, "total_flops"), mean(rs, "wall_time_s")
       probe_f = probe_s = 0.0
-      for source in transfer.ARMS[arm][1]:
-        if source.startswith("probe_") and probe.get((n, source)):
+      for source in transfer.ARMS[arm][1]:  # the teacher's adaptation to T
+        if source.startswith(("probe_", "tune_")) and probe.get((n, source)):
           probe_f += mean(probe[(n, source)], "total_flops")
           probe_s += mean(probe[(n, source)], "wall_time_s")
       pre_f = pre_s = 0.0
-      if arm == "finetune" or arm.startswith(("aft", "feature_kd")):
-        pre_f, pre_s = pre["student"]["total_flops"], pre["student"]["wall_time_s"]
+      student = transfer.pretrained_student(arm)
+      if student:
+        pre_f, pre_s = pre[student]["total_flops"], pre[student]["wall_time_s"]
       out[(n, arm)] = {"run_flops": own_f, "run_s": own_s, "probe_flops": probe_f,
                        "probe_s": probe_s, "student_pretrain_flops": pre_f,
                        "student_pretrain_s": pre_s, "total_flops": own_f + probe_f + pre_f,
@@ -132,7 +139,8 @@ def tables(result: dict, arms, sizes) -> tuple[str, dict]:
   runs, probes = result["runs"], result["probes"]
   agg, probe_agg = transfer.aggregate(runs), transfer.aggregate(probes)
   cost = costs(result, arms, sizes)
-  lines = ["## Networks pre-trained on P (MNIST-5k, 4,000 train images; test: its 1,000)", "",
+  lines = ["## Networks pre-trained on P (MNIST-5k, 4,000 train images; test: its 1,000; "
+           "student_p25: the student's architecture on the first 1,000)", "",
            "| network | P test accuracy | steps x batch | train FLOPs | wall time (s) |",
            "| --- | ---: | ---: | ---: | ---: |"]
   for name, r in result["pretrain"].items():
@@ -141,8 +149,9 @@ def tables(result: dict, arms, sizes) -> tuple[str, dict]:
   summary = {"arms": {}, "probes": {}, "claims": [], "costs": {}}
   for n in sizes:
     lines += ["", f"## T = UCI digits, {n} labelled images per class ({10 * n} in all)", "",
-              "Linear probes of the published teachers on T (the teachers of paper A's arms):", "",
-              "| probe | test accuracy, mean ± 95% CI | per seed | val accuracy (mean) |",
+              "The published teachers adapted to T (probe: linear probe; tune: fine-tune), the "
+              "teachers of paper A's arms:", "",
+              "| adaptation | test accuracy, mean ± 95% CI | per seed | val accuracy (mean) |",
               "| --- | ---: | --- | ---: |"]
     for (pn, stage), a in probe_agg.items():
       if pn != n:
@@ -169,7 +178,8 @@ def tables(result: dict, arms, sizes) -> tuple[str, dict]:
                    f"{_diff(vs_s)} | {_diff(vs_f)} | {agree} |")
     lines += ["", f"Cost of each arm, {n} per class (FLOPs: XLA's count of the compiled steps x "
               "steps; seconds: the trainer's clock, mean over seeds):", "",
-              "| arm | its run (+ teacher cache) | probe(s) on T | student pre-training on P | "
+              "| arm | its run (+ teacher cache) | teacher's adaptation to T | "
+              "student pre-training on P | "
               "total FLOPs | total s | vs finetune's total |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     base = cost.get((n, "finetune"))

@@ -64,8 +64,8 @@ PROBE_STEPS = 200
 ARM_STEPS = 300  # every student arm on T, batch 32
 CACHE_VIEWS = 16  # cached teachers (AFT, feature-KD): augmented views per training image
 
-# arm -> (what it is, the teachers it reads: "probe_X" = teacher X probed on T, "X" = X as
-# published, pre-trained features only)
+# arm -> (what it is, the teachers it reads: "probe_X" = teacher X probed on T, "tune_X" = X
+# fine-tuned on T, "X" = X as published, pre-trained features only)
 ARMS = {
     "scratch": ("student from scratch, CE", ()),
     "finetune": ("student pre-trained on P, fine-tuned (paper A's baseline = paper B's STL)", ()),
@@ -73,6 +73,8 @@ ARMS = {
         "probe_resnet",)),
     "distill_unlabelled": ("paper A + T's unlabelled remainder as extra inputs", (
         "probe_resnet",)),
+    "distill_tuned": ("paper A, the ResNet fine-tuned on T instead of probed (its other "
+                      "adaptation)", ("tune_resnet",)),
     "kd": ("scratch student, CE + KD from the probed ResNet", ("probe_resnet",)),
     "aft": ("paper B: pre-trained student, CE + AFT, ResNet features", ("resnet",)),
     "aft_weak": ("paper B: pre-trained student, CE + AFT, ViT features (weaker teacher)", (
@@ -81,9 +83,15 @@ ARMS = {
                  ("resnet", "vit")),
     "feature_kd": ("paper B's feature-KD baseline on the pre-trained student, ResNet features",
                    ("resnet",)),
+    # the student pre-trained on a quarter of P: its teachers then learned from 4x its data, as
+    # paper B's pre-trained models learned from far more than its downstream models
+    "finetune_p25": ("student pre-trained on 1,000 of P's images, fine-tuned (STL)", ()),
+    "aft_p25": ("that student + AFT, ResNet features (the teacher saw 4x its P images)",
+                ("resnet",)),
 }
-STAGES = ("pretrain_resnet", "pretrain_vit", "pretrain_student", "probe_resnet", "probe_vit",
-          *ARMS)
+P25_SPLIT = "train[:25%]"  # the `_p25` student's share of P
+STAGES = ("pretrain_resnet", "pretrain_vit", "pretrain_student", "pretrain_student_p25",
+          "probe_resnet", "probe_vit", "tune_resnet", *ARMS)
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -137,7 +145,9 @@ def config_for(arg: str | None = None) -> ml_collections.ConfigDict:
   if stage.startswith("pretrain_"):
     name = stage.removeprefix("pretrain_")
     c.data.name = P_DATA
-    c.model.hub_config = str(p["hf"] / name)
+    if name.endswith("_p25"):
+      c.data.train_split = P25_SPLIT
+    c.model.hub_config = str(p["hf"] / name.removesuffix("_p25"))
     c.batch_size = 64
     c.total_steps = arg.steps or PRETRAIN_STEPS
     c.optimizer.warmup_steps = c.total_steps // 20
@@ -149,25 +159,30 @@ def config_for(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = arg.steps or PROBE_STEPS
     c.optimizer.learning_rate = 1e-2
     c.optimizer.weight_decay = 0.0
+  elif stage.startswith("tune_"):  # paper A's other adaptation: the teacher fine-tuned on T
+    _t_data(c, arg.n_per_class, arg.seed)
+    c.model.pretrained = str(p["published"] / stage.removeprefix("tune_"))
+    c.batch_size = 32
+    c.total_steps = arg.steps or ARM_STEPS
+    c.optimizer.backbone_lr_scale = 0.1
   else:
     _t_data(c, arg.n_per_class, arg.seed)
     c.batch_size = 32
     c.total_steps = arg.steps or ARM_STEPS
     sources = ARMS[stage][1]
-    pretrained_student = stage == "finetune" or stage.startswith(("aft", "feature_kd"))
-    if pretrained_student:
-      c.model.pretrained = str(p["published"] / "student")
+    if pretrained_student(stage):
+      c.model.pretrained = str(p["published"] / pretrained_student(stage))
       c.optimizer.backbone_lr_scale = 0.1  # paper A's fine-tune: backbone 1e-4, head 1e-3
     else:
       c.model.hub_config = str(p["hf"] / "student")
     teachers = []
     for source in sources:
-      if source.startswith("probe_"):
+      if source.startswith(("probe_", "tune_")):
         teachers.append(str(run_dir(arg.root, source, arg.n_per_class, arg.seed)))
       else:
         teachers.append(str(p["published"] / source))
     c.teacher.models = ",".join(teachers)
-    if stage in ("distill", "distill_unlabelled"):
+    if stage in ("distill", "distill_unlabelled", "distill_tuned"):
       c.loss.kd_weight = c.loss.align_weight = c.loss.unif_weight = 1.0
       c.data.unlabelled_rest = stage == "distill_unlabelled"
     elif stage == "kd":
@@ -187,6 +202,13 @@ def config_for(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.runlocal:
     configlib.shrink_for_local_run(c)
   return c
+
+
+def pretrained_student(arm: str) -> str | None:
+  """The published student an arm starts from (`student`, `student_p25`), or None (scratch)."""
+  if arm.startswith(("finetune", "aft", "feature_kd")):
+    return "student_p25" if arm.endswith("_p25") else "student"
+  return None
 
 
 def write_architectures(root) -> None:
@@ -261,14 +283,14 @@ def publish(name: str, root) -> Path:
 
 
 def needed(arms) -> tuple[list[str], list[str]]:
-  """(networks to pre-train on P, teachers to probe on T) for `arms`."""
+  """(networks to pre-train on P, teachers' adaptations to T) for `arms`."""
   sources = {s for arm in arms for s in ARMS[arm][1]}
-  nets = {s.removeprefix("probe_") for s in sources}
-  if any(arm == "finetune" or arm.startswith(("aft", "feature_kd")) for arm in arms):
-    nets.add("student")
-  order = [n for n in ("resnet", "vit", "student") if n in nets]
+  nets = {s.removeprefix("probe_").removeprefix("tune_") for s in sources}
+  nets |= {pretrained_student(arm) for arm in arms} - {None}
+  order = [n for n in ("resnet", "vit", "student", "student_p25") if n in nets]
   # every published teacher is probed on T: its adapted accuracy measures its strength there
-  return order, [f"probe_{n}" for n in order if n in TEACHERS]
+  return order, ([f"probe_{n}" for n in order if n in TEACHERS]
+                 + sorted(s for s in sources if s.startswith("tune_")))
 
 
 def run_all(root, arms, sizes, seeds, steps: dict | None = None, runlocal: bool = False,
@@ -285,7 +307,7 @@ def run_all(root, arms, sizes, seeds, steps: dict | None = None, runlocal: bool 
 
   def one(stage, n=0, seed=0):
     kind = "pretrain" if stage.startswith("pretrain_") else (
-        "probe" if stage.startswith("probe_") else "arm")
+        "probe" if stage.startswith("probe_") else "arm")  # a teacher's fine-tune: an arm's steps
     done = _record_path(run_dir(root, stage, n, seed)).is_file()
     log(f"--- {stage}" + (f" n={n} seed={seed}" if kind != "pretrain" else "")
         + (": finished before" if done else ""))

@@ -38,8 +38,8 @@ def test_dry_run_lists_every_stage_with_configs_that_validate(tmp_path, monkeypa
   mains = [shlex.split(line)[3:] for line in out.splitlines()
            if line.startswith("python -m kdjax.main ")]
   exports = [line for line in out.splitlines() if line.startswith("python -m kdjax.export ")]
-  assert len(exports) == 3  # resnet, vit, student: published once
-  assert len(mains) == 3 + 2 * 2 * (2 + len(transfer.ARMS))  # pretrain + (probes + arms)
+  assert len(exports) == 4  # resnet, vit, student, student_p25: published once
+  assert len(mains) == 4 + 2 * 2 * (3 + len(transfer.ARMS))  # pretrain + (adaptations + arms)
   configs = {}
   for args in mains:
     config, workdir = _parse(args)
@@ -64,10 +64,17 @@ def test_dry_run_lists_every_stage_with_configs_that_validate(tmp_path, monkeypa
   assert (c.teacher.mode, c.loss.aft_weight, c.optimizer.backbone_lr_scale) == ("cached", 1.0,
                                                                                 0.1)
   assert configs["n5/s1/distill_unlabelled"].data.unlabelled_rest
+  c = configs["n20/s0/distill_tuned"]
+  assert c.teacher.models == os.path.join(root, "n20", "s0", "tune_resnet")
+  c = configs["n20/s0/tune_resnet"]
+  assert not c.model.freeze_backbone and c.model.pretrained.endswith("published/resnet")
   c = configs["n5/s0/probe_vit"]
   assert c.model.freeze_backbone and c.model.pretrained.endswith("published/vit")
   c = configs["pretrain/resnet"]
-  assert (c.data.name, c.model.name) == ("kdjax_mnist5k", "hub")
+  assert (c.data.name, c.data.train_split, c.model.name) == ("kdjax_mnist5k", "train", "hub")
+  c = configs["pretrain/student_p25"]
+  assert c.data.train_split == "train[:25%]" and c.model.hub_config.endswith("hf/student")
+  assert configs["n5/s1/aft_p25"].model.pretrained.endswith("published/student_p25")
   # a mistyped override fails the way kdjax.main fails (the config is locked)
   with pytest.raises((KeyError, AttributeError)):
     _parse(mains[0] + ["--config.data.dataa_dir=x"])
@@ -128,9 +135,9 @@ def test_experiment_tables_from_records(tmp_path):
       "val_accuracy": 0.9, "agreement": None, "total_flops": flops, "wall_time_s": 1.0,
       "steps": 3, "batch_size": 2}
   arms = list(transfer.ARMS)
-  result = {"pretrain": {n: rec(f"pretrain_{n}", 0, 0, 1e12) for n in ("resnet", "vit",
-                                                                      "student")},
-            "probes": [rec(p, 5, s, 1e9) for p in ("probe_resnet", "probe_vit")
+  result = {"pretrain": {n: rec(f"pretrain_{n}", 0, 0, 1e12)
+                         for n in ("resnet", "vit", "student", "student_p25")},
+            "probes": [rec(p, 5, s, 1e9) for p in ("probe_resnet", "probe_vit", "tune_resnet")
                        for s in range(3)],
             "runs": [rec(a, 5, s, 1e10) for a in arms for s in range(3)]}
   text, summary = experiment.tables(result, arms, [5])
