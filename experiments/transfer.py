@@ -30,7 +30,8 @@ _SIZES = flags.DEFINE_list("sizes", ["5", "20"], "T's labelled images per class.
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0 .. N-1 (each re-draws T's labelled subset).")
 _ARMS = flags.DEFINE_list("arms", list(transfer.ARMS), "Student arms.")
 _AFT_BETAS = flags.DEFINE_list(
-    "aft_betas", [], "Also run the `aft` arm at these betas (besides paper B's 1) and choose "
+    "aft_betas", ["0.1", "0.3", "3"], "Also run the `aft` arm at these betas (besides paper B's "
+    "1; none: --aft_betas=) and choose "
     "beta per size by mean validation accuracy (paper B tunes beta per task).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the stages' commands; run nothing.")
 _RUNLOCAL = flags.DEFINE_bool("runlocal", False, "A few steps per stage (a smoke test).")
@@ -141,11 +142,16 @@ def tables(result: dict, arms, sizes) -> tuple[str, dict]:
   cost = costs(result, arms, sizes)
   lines = ["## Networks pre-trained on P (MNIST-5k, 4,000 train images; test: its 1,000; "
            "student_p25: the student's architecture on the first 1,000)", "",
-           "| network | P test accuracy | steps x batch | train FLOPs | wall time (s) |",
-           "| --- | ---: | ---: | ---: | ---: |"]
+           "| network | P test accuracy | its P head on T's test, no adaptation | steps x batch | "
+           "train FLOPs | wall time (s) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+  # an AFT arm reads the published teacher with its P head: the trainer's teacher accuracy
+  unadapted = {r["stage"]: r.get("teacher_test_accuracy") for r in runs
+               if r["stage"] in ("aft", "aft_weak")}
   for name, r in result["pretrain"].items():
-    lines.append(f"| {name} | {r['test_accuracy']:.4f} | {r['steps']} x {r['batch_size']} | "
-                 f"{r['total_flops']:.3g} | {r['wall_time_s']:.0f} |")
+    on_t = unadapted.get({"resnet": "aft", "vit": "aft_weak"}.get(name))
+    on_t = f"{on_t:.4f}" if on_t is not None else "-"
+    lines.append(f"| {name} | {r['test_accuracy']:.4f} | {on_t} | {r['steps']} x "
+                 f"{r['batch_size']} | {r['total_flops']:.3g} | {r['wall_time_s']:.0f} |")
   summary = {"arms": {}, "probes": {}, "claims": [], "costs": {}}
   for n in sizes:
     lines += ["", f"## T = UCI digits, {n} labelled images per class ({10 * n} in all)", "",
