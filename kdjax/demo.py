@@ -10,8 +10,9 @@ and the headline differences beside the 95% intervals of the same differences in
 miniature (experiments/results/transfer/results.json, 3 seeds), and writes
 WORKDIR/results.md and results.json. A second start reads the finished runs back.
 
-The helpers below `main`'s (`load_config`, `DESCRIPTIONS`, `table`) serve configs/demo.py, the
-same-task setting of notebooks/quickstart.ipynb (a teacher trained on more labels of the task).
+`load_config`, `DESCRIPTIONS` and `table` serve configs/demo.py, the same-task setting of
+notebooks/quickstart.ipynb and experiments/miniature.py (a teacher trained on more labels of
+the task).
 """
 
 import importlib.util
