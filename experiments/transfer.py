@@ -249,26 +249,29 @@ def plot(summary: dict, result: dict, arms, sizes, path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, len(sizes), figsize=(7 * len(sizes), 5.2), dpi=110,
+  fig, axes = plt.subplots(1, len(sizes), figsize=(7 * len(sizes), 6.4), dpi=110,
                            squeeze=False)
-  markers = "osD^vPX*h"
+  markers = "osD^vPX*hd<>"
+  colours = plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]
   for ax, n in zip(axes[0], sizes):
     for i, arm in enumerate(arms):
       a, c = summary["arms"].get(f"{arm}/n{n}"), summary["costs"].get(f"{arm}/n{n}")
       if a is None:
         continue
+      colour = colours[i % len(colours)]
       ax.errorbar([c["total_flops"]], [a["mean"]], yerr=[a["ci95"] or 0.0],
-                  fmt=markers[i % len(markers)], color=f"C{i}", capsize=4, markersize=7,
+                  fmt=markers[i % len(markers)], color=colour, capsize=4, markersize=7,
                   label=f"{arm}: {a['mean']:.3f}")
       ax.plot([c["total_flops"]] * len(a["test_accuracy"]), a["test_accuracy"], "_",
-              color=f"C{i}", alpha=0.7, markersize=11)
+              color=colour, alpha=0.7, markersize=11)
     ax.set_xscale("log")
-    ax.set_xlabel("FLOPs the arm pays: its run + probes on T + the student's P pre-training")
+    ax.set_xlabel("FLOPs the arm pays: its run + its teacher's adaptation to T + the student's "
+                  "P pre-training", fontsize=9)
     ax.set_ylabel("test accuracy on T (1,360 UCI digits)")
     ax.set_title(f"{n} labelled images per class: mean ± 95% CI over seeds (dashes: seeds)",
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
   fig.suptitle("kdjax transfer miniature: pre-trained on MNIST-5k, transferred to UCI digits",
                fontsize=11)
   fig.tight_layout()
