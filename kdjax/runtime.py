@@ -59,16 +59,21 @@ def initialize_distributed() -> None:
 
 
 class QuietLibraries(logging.Filter):
-  """Drops orbax's per-save INFO chatter (dozens of lines per checkpoint) and its warnings about
-  read-only use (kdjax reads other runs' checkpoints read-only on purpose); keeps the rest."""
+  """Drops the libraries' INFO chatter (orbax: dozens of lines per checkpoint; TFDS: a line per
+  dataset opened; JAX: the accelerator plugins it did not find) and warnings that are expected
+  here (orbax on reading other runs' checkpoints read-only, which kdjax does on purpose; TFDS
+  decoding PNGs without OpenCV); keeps every other warning and error."""
 
-  READ_ONLY_NOTES = ("read_only=True", "directory is read only", "Metadata file does not exist")
+  LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/xla_bridge")
+  EXPECTED = ("read_only=True", "directory is read only", "Metadata file does not exist",
+              "OpenCV is not installed")
 
   def filter(self, record):
-    if "/orbax/" not in record.pathname or record.levelno >= logging.ERROR:
+    if record.levelno >= logging.ERROR or not any(lib in record.pathname
+                                                  for lib in self.LIBRARIES):
       return True
     return (record.levelno >= logging.WARNING
-            and not any(note in record.getMessage() for note in self.READ_ONLY_NOTES))
+            and not any(note in record.getMessage() for note in self.EXPECTED))
 
 
 def quiet_libraries() -> None:

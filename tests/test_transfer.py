@@ -149,3 +149,26 @@ def test_experiment_tables_from_records(tmp_path):
   assert len(summary["claims"]) == len(experiment.CLAIMS)
   experiment.plot(summary, result, arms, [5], str(tmp_path / "p.png"))
   assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_console_filter_drops_library_chatter_keeps_warnings():
+  """runtime.QuietLibraries (kdjax.main, the demo, the experiments): libraries' INFO lines and
+  the expected warnings go; kdjax's lines and any other library warning stay."""
+  import logging
+
+  from kdjax import runtime
+
+  keep = runtime.QuietLibraries().filter
+
+  def record(path, level, message):
+    return logging.LogRecord("x", level, path, 1, message, None, None)
+
+  assert not keep(record("/site/orbax/checkpoint/manager.py", logging.INFO, "Saved step 4"))
+  assert not keep(record("/site/orbax/checkpoint/manager.py", logging.WARNING,
+                         "CheckpointManagerOptions.read_only=True, setting max_to_keep=None."))
+  assert not keep(record("/site/tensorflow_datasets/core/dataset_info.py", logging.INFO,
+                         "Load dataset info from /data"))
+  assert not keep(record("/site/jax/_src/xla_bridge.py", logging.INFO, "Unable to initialize"))
+  assert keep(record("/site/orbax/checkpoint/manager.py", logging.WARNING, "disk full"))
+  assert keep(record("/site/orbax/checkpoint/manager.py", logging.ERROR, "read_only=True"))
+  assert keep(record("/work/kdjax/train.py", logging.INFO, "step 100/300"))
