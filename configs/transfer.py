@@ -12,11 +12,12 @@ The pre-training stages read root/hf/NAME/config.json and the later ones root/pu
 
 (all stages in order, resumable) or, once root holds them, any single stage:
 
-  python -m kdjax.main --workdir=runs/transfer/n5/s0/distill \
-      --config=configs/transfer.py:stage=distill,n_per_class=5,seed=0,root=runs/transfer
+  python -m kdjax.main --config=configs/transfer.py:stage=distill,seed=0,root=runs/transfer \
+      --workdir=runs/transfer/n5/s0/distill
 
-Arguments: `stage`, `n_per_class` (T's labelled images per digit, re-drawn by every `seed`),
-`seed`, `root`, `steps` (0: the stage's default), `runlocal`. Results and their commands:
+Arguments: `stage`, `n_per_class` (T's labelled images per digit, 5 by default, re-drawn by
+every `seed`), `seed`, `root`, `steps` (0: the stage's default), `beta` (AFT's weight; 0: 1),
+`runlocal`. Results and their commands:
 experiments/results/transfer/results.md.
 """
 

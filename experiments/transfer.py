@@ -23,21 +23,7 @@ sys.path.insert(0, REPO)
 
 from kdjax import transfer  # noqa: E402  (after the path: the script runs from a checkout)
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/transfer", "Where every run goes (resumable).")
-_OUT = flags.DEFINE_string("out", "experiments/results/transfer",
-                           "Where results.json, results.md and accuracy_vs_cost.png go.")
-_SIZES = flags.DEFINE_list("sizes", ["5", "20"], "T's labelled images per class.")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0 .. N-1 (each re-draws T's labelled subset).")
-_ARMS = flags.DEFINE_list("arms", list(transfer.ARMS), "Student arms.")
-_AFT_BETAS = flags.DEFINE_list(
-    "aft_betas", ["0.1", "0.3", "3"], "Also run the `aft` arm at these betas (besides paper B's "
-    "1; none: --aft_betas=) and choose "
-    "beta per size by mean validation accuracy (paper B tunes beta per task).")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the stages' commands; run nothing.")
-_RUNLOCAL = flags.DEFINE_bool("runlocal", False, "A few steps per stage (a smoke test).")
-_COMPILE_CACHE = flags.DEFINE_bool(
-    "compile_cache", True, "Keep XLA's compiled programs in WORKDIR/xla_cache (same programs, "
-    "same results; runs after the first of a shape skip most compilation).")
+FLAGS = flags.FLAGS
 
 CLAIMS = [
     # (paper, the paper's statement, arm, baseline)
@@ -279,17 +265,36 @@ def plot(summary: dict, result: dict, arms, sizes, path: str) -> None:
   plt.close(fig)
 
 
+def define_flags() -> None:
+  """The script's flags (defined when it runs, so that importing it defines none)."""
+  flags.DEFINE_string("workdir", "runs/transfer", "Where every run goes (resumable).")
+  flags.DEFINE_string("out", "experiments/results/transfer",
+                      "Where results.json, results.md and accuracy_vs_cost.png go.")
+  flags.DEFINE_list("sizes", ["5", "20"], "T's labelled images per class.")
+  flags.DEFINE_integer("seeds", 3, "Seeds 0 .. N-1 (each re-draws T's labelled subset).")
+  flags.DEFINE_list("arms", list(transfer.ARMS), "Student arms.")
+  flags.DEFINE_list(
+      "aft_betas", ["0.1", "0.3", "3"], "Also run the `aft` arm at these betas (besides paper B's "
+      "1; none: --aft_betas=) and choose beta per size by mean validation accuracy (paper B "
+      "tunes beta per task).")
+  flags.DEFINE_bool("dry_run", False, "Print the stages' commands; run nothing.")
+  flags.DEFINE_bool("runlocal", False, "A few steps per stage (a smoke test).")
+  flags.DEFINE_bool(
+      "compile_cache", True, "Keep XLA's compiled programs in WORKDIR/xla_cache (same programs, "
+      "same results; runs after the first of a shape skip most compilation).")
+
+
 def main(argv):
   del argv
-  sizes = [int(s) for s in _SIZES.value]
-  seeds = list(range(_SEEDS.value))
-  arms = list(_ARMS.value)
+  sizes = [int(s) for s in FLAGS.sizes]
+  seeds = list(range(FLAGS.seeds))
+  arms = list(FLAGS.arms)
   unknown = sorted(set(arms) - set(transfer.ARMS))
   if unknown or not arms or not seeds or not sizes:
     raise app.UsageError(f"need known arms (unknown: {unknown}; valid: {list(transfer.ARMS)}), "
                          "--seeds >= 1 and at least one size")
-  root = os.path.abspath(_WORKDIR.value)
-  if _DRY_RUN.value:
+  root = os.path.abspath(FLAGS.workdir)
+  if FLAGS.dry_run:
     print("\n".join(_commands(root, sizes, seeds, arms)))
     return
   from kdjax import runtime
@@ -298,19 +303,19 @@ def main(argv):
   runtime.quiet_libraries()
   import jax
 
-  if _COMPILE_CACHE.value:
+  if FLAGS.compile_cache:
     jax.config.update("jax_compilation_cache_dir", os.path.join(root, "xla_cache"))
   t0, load_start = time.perf_counter(), os.getloadavg()[0]
-  result = transfer.run_all(root, arms, sizes, seeds, runlocal=_RUNLOCAL.value,
+  result = transfer.run_all(root, arms, sizes, seeds, runlocal=FLAGS.runlocal,
                             log=lambda s: print(s, flush=True))
-  betas = [float(b) for b in _AFT_BETAS.value]
+  betas = [float(b) for b in FLAGS.aft_betas]
   result["aft_sweep"] = []
   for n in sizes if betas else []:
     for seed in seeds:
       for beta in betas:
         print(f"--- aft beta={beta:g} n={n} seed={seed}", flush=True)
         result["aft_sweep"].append(transfer.run_stage("aft", root, n, seed,
-                                                      runlocal=_RUNLOCAL.value, beta=beta))
+                                                      runlocal=FLAGS.runlocal, beta=beta))
   text, summary = tables(result, arms, sizes)
   if betas:
     tuning_text, summary["aft_tuning"] = aft_tuning(result, betas, sizes)
@@ -320,7 +325,7 @@ def main(argv):
           "load_average_1min": [load_start, os.getloadavg()[0]], "sizes": sizes,
           "seeds": seeds, "arms": arms,
           "interval": "95% CI of the mean over seeds: Student's t with n-1 degrees of freedom"}
-  out = os.path.abspath(_OUT.value)
+  out = os.path.abspath(FLAGS.out)
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump({"meta": meta, "summary": summary, **result}, f, indent=2)
@@ -339,4 +344,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

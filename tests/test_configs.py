@@ -110,6 +110,8 @@ def test_config_runs_locally(path, arg, tfds_dir, tmp_path, tiny_hub_resnet, tin
   config.data.data_dir = tfds_dir
   if config.model.pretrained:  # no Hub here: a tiny random checkpoint of the same kind
     config.model.pretrained = tiny_hub_resnet
+  if config.model.hub_config:  # a Hub architecture from scratch: the tiny one's config.json
+    config.model.hub_config = tiny_hub_resnet
   names = [n.strip() for n in config.teacher.models.split(",") if n.strip()]
   if names:  # each teacher: a tiny one of its family with a head over the task's classes
     num_classes = _num_classes(config.data)

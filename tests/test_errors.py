@@ -83,7 +83,7 @@ def test_a_mean_that_is_not_three_numbers(finished_run, tfds_dir):
 def test_unknown_dataset(finished_run, tfds_dir):
   line = _train(finished_run, tfds_dir, "--config.data.name=cifar1O")
   assert "unknown dataset data.name='cifar1O'" in line
-  assert "['kdjax_digits']" in line  # what the data dir holds
+  assert "['kdjax_digits', 'kdjax_mnist5k']" in line  # what the data dir holds (+ embedded)
   assert "'cifar10', 'cifar100'" in line  # the closest catalog names
   assert "tfds build NAME --file_format=array_record" in line
   assert "python -m kdjax.data.folder" in line

