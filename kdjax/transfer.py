@@ -19,6 +19,16 @@ would run it, every step a plain kdjax run:
    recipe: frozen backbone, new head).
 4. The student arms (ARMS) on T, every one the same steps and batch.
 
+Recipe. From the papers: AdamW at 1e-3 with weight decay 1e-2 (paper A's runs, sfarhat/dapt),
+the fine-tune's backbone at 1e-4 and head at 1e-3 (paper A), KD at T=4 and every paper A weight
+1, the projection heads' 128-d embeddings, AFT's beta 1 and its prior (rho) at 1e-2, its KD
+baseline's map at the model's learning rate (amazon-science/adaptive-feature-transfer, prior.py
+and its KD override), cached teacher features for AFT. Different on purpose: 300 steps of 32
+on T instead of 250 epochs (T has 50-200 labelled images: 300 steps are 48-190 epochs), a
+cosine schedule for every run, 32 px inputs (8x8 digits; HF's ResNet stem divides by 4), 16
+augmented views per image in the teacher cache (the reference caches one unaugmented view; few
+views over-fit a small set, README's teacher-cache note), and the probe at 1e-2 for 200 steps.
+
 `config_for("stage=...,n_per_class=...,seed=...,root=...")` is every run's kdjax config
 (configs/transfer.py exposes it to `python -m kdjax.main`); `run_all` runs the stages in order,
 skipping finished runs; `aggregate` and `paired` give means, 95% intervals and paired
@@ -192,7 +202,7 @@ def config_for(arg: str | None = None) -> ml_collections.ConfigDict:
     elif stage == "feature_kd":
       c.loss.feature_kd_weight = 1.0
       # AFT's reference trains its KD baseline's map at the model's learning rate, not the
-      # prior's (amazon-science/adaptive-feature-transfer; ../shared/PAPERS.md, paper B)
+      # prior's (amazon-science/adaptive-feature-transfer)
       c.loss.prior_learning_rate = c.optimizer.learning_rate
     if stage.startswith(("aft", "feature_kd")):  # paper B: teacher features computed once
       c.teacher.mode = "cached"
