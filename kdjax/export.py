@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from kdjax import checkpoint, errors, teachers
+from kdjax import checkpoint, errors, runtime, teachers
 from kdjax.data import sources
 from kdjax.models.teachers import common
 
@@ -219,6 +219,7 @@ def to_hf(workdir, out, overwrite: bool = False) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runtime.quiet_libraries()
   workdir, out = flags.FLAGS.workdir, flags.FLAGS.out
   if not workdir or not out:
     raise errors.UserError("pass --workdir=RUN and --out=DIR")
