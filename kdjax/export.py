@@ -51,15 +51,21 @@ def _flat(tree) -> dict[str, np.ndarray]:
           flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()}
 
 
+def _float_names(layout: dict) -> list[str]:
+  """The float tensors of `layout`, in order: what `trace` indexes."""
+  return [n for n, (_, dtype) in layout.items() if dtype == "float32"]
+
+
 def trace(family, hf_config: dict, layout: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Flax variable path ("params/.../kernel") -> (tensor index into `layout`'s float tensors,
+  """Flax variable path ("params/.../kernel") -> (tensor index into `_float_names(layout)`,
   element index in that tensor), both arrays of the variable's shape: where `family.convert`
   takes every element of the variables from."""
-  names = [n for n, (_, dtype) in layout.items() if dtype == "float32"]
+  names = _float_names(layout)
+  index = {n: i for i, n in enumerate(names)}
   module = family.build(hf_config, frozenset(layout), num_classes=None)
 
   def run(fill):
-    arrays = {n: (fill(names.index(n), shape) if dtype == "float32"
+    arrays = {n: (fill(index[n], shape) if dtype == "float32"
                   else np.zeros(shape, dtype)) for n, (shape, dtype) in layout.items()}
     tensors = common.Tensors(arrays, getattr(family, "PREFIXES", ()))
     variables = family.convert(tensors, module)
@@ -87,7 +93,7 @@ def hf_tensors(family, hf_config: dict, layout: dict, variables) -> dict[str, np
     raise errors.UserError(
         "export: the run's variables do not match the Hugging Face architecture: missing "
         f"{sorted(set(paths) - set(have))[:5]}, unexpected {sorted(set(have) - set(paths))[:5]}")
-  names = [n for n, (_, dtype) in layout.items() if dtype == "float32"]
+  names = _float_names(layout)
   out = {n: np.zeros(shape, dtype) for n, (shape, dtype) in layout.items()}
   written = {n: np.zeros(layout[n][0], np.int64) for n in names}
   for path, (which, where) in paths.items():
