@@ -2,7 +2,8 @@ r"""Paper A (Farhat & Chen, arXiv 2404.03263): distil a public pre-trained teach
 student on one task, against the same student from scratch and pre-trained + fine-tuned.
 
   --config=configs/paper_a.py:teacher=T,student=S,data=D,arm=A[,teacher_dir=DIR][,epochs=E]
-  teacher  resnet50 (microsoft/resnet-50) | vit_b16 (google/vit-base-patch16-224)
+      [,synthetic=DIR[,synthetic_fraction=F]]
+  teacher  resnet50 | vit_b16 (TEACHERS below)
   student  resnet18 | mobilenet_v2 (randomly initialised; ImageNet layout at 224 px)
   data     cifar10 | cifar100 | mit_indoor67 | cub200 (TFDS caltech_birds2011) | caltech101 | dtd
   arm      distill  CE + KD (T = 4) + alignment + uniformity, all weights 1 (loss.*_weight),
@@ -10,37 +11,65 @@ student on one task, against the same student from scratch and pre-trained + fin
                     (Linear(d,d)-ReLU-Linear(d,128)); the teacher is `teacher_dir`, run online
                     (frozen, eval mode) on the student's augmented batch
            scratch  the same student and schedule, CE only
-           finetune the ImageNet student from the Hub (microsoft/resnet-18,
-                    google/mobilenet_v2_1.0_224), AdamW head lr 1e-3, backbone lr 1e-4
-                    (optimizer.backbone_lr_scale=0.1)
+           finetune the ImageNet student from the Hub, AdamW backbone lr 1e-4, head lr 1e-3,
+                    weight decay 5e-4
   teacher_dir  the adapted teacher (default runs/adapt_<teacher>_<data>)
-  epochs   0 (default): 250 for distill/scratch, 30 for finetune (as configs/adapt.py)
+  synthetic    distill only: a kdjax.generate directory (configs/synth/paper_a.py) joined to the
+           real training images, labelled by prompt, with DiffAugment (augment.kind=
+           rrc_flip_diffaug) as the reference's synthetic-data runs; synthetic_fraction: the
+           part of each class used (a 2x set at 0.5 is the 1x set: generation order)
+  epochs   0 (default): 250, every arm (the reference's scripts)
 
-Recipe (PAPERS.md): 224 px, CIFAR resized to 256 then random crop 224 + flip (eval: central
-224 of 256), other tasks resized to 256 then random-resized-crop 224 + flip; ImageNet mean/std
-(finetune: the checkpoint's own, data.normalization=auto); AdamW lr 1e-3, weight decay 1e-2,
-constant; batch 64; 250 epochs. The paper gives no fine-tune epoch count: 30 is our choice.
-Splits: TFDS train/test; Caltech-101 has no fixed split, the paper trains on 80% of each class:
-here train+test pooled, 20% of each class held out (`val`, data.val_fraction=0.2, no test).
-TFDS caltech101 has 102 labels (101 classes + a background class the paper's loader may drop).
+Every value below is the reference's (sfarhat/dapt at ccdbeb1; file:line there) or says why
+not. The full table: experiments/README.md "Paper A's recipe".
+- Teachers: torchvision ResNet-50 IMAGENET1K_V2 and ViT-B/16 IMAGENET1K_V1 (utils/utils.py:53-56),
+  which have no transformers-format copy on the Hub. Closest: microsoft/resnet-50 (ResNet-50
+  v1.5 on ImageNet-1k; torchvision's V2 recipe reaches 80.9% ImageNet top-1, this checkpoint
+  ~76-79%: same data, weaker recipe) and facebook/deit-base-patch16-224 (a plain ViT-B/16
+  trained on ImageNet-1k only with DeiT's recipe, 81.8%; IMAGENET1K_V1 is 81.1%; its model card
+  says it loads as ViTForImageClassification: not checked here, no network).
+  google/vit-base-patch16-224 is ImageNet-21k pre-trained: more data than the reference's.
+- Students: torchvision resnet18 / mobilenet_v2, random init (distill.py:62); the fine-tune
+  baseline starts from ResNet18 DEFAULT (IMAGENET1K_V1) / MobileNet_V2 DEFAULT (IMAGENET1K_V2)
+  (utils/utils.py:57-60): here microsoft/resnet-18 / google/mobilenet_v2_1.0_224 (ImageNet-1k).
+- Optimiser: torch AdamW with its defaults, lr 1e-3, weight decay 1e-2 on every parameter
+  (biases, norms and both projection heads included: optimizer.decay_norm_and_bias=True), no
+  schedule, batch 64, 250 epochs (distill.py:130-131,293,296; train_fr.py:56-62: scratch); the
+  script's --learning_rate / --weight_decay flags only reach its SGD branch. Fine-tune:
+  backbone 1e-4, head 1e-3, weight decay 5e-4, 250 epochs (train_ft.py:51-63,162,172).
+- Losses (distill.py:222,385-399, kd_losses/): CE 1 + KD 1 (T = 4, x T^2) + align 1 (alpha 2) +
+  unif 1 (t 2, mean of student and teacher); mlp heads to 128-d (models/projector.py:32-40).
+- Data (utils/datasets.py:691-857): ImageNet mean/std; CIFAR Resize(256) + RandomCrop(224) +
+  flip; the others RandomResizedCrop(224) (torchvision defaults, 10 tries) + flip; test
+  Resize(256) + CenterCrop(224) everywhere (data.load_resize=shorter: the short side to 256,
+  then the central 256 x 256 is stored, which holds the 224 eval crop exactly). Not the same:
+  the random-resized crop is drawn from that central square, not the whole image (the long
+  side's outer parts, 1 - 1/aspect of the image, are never seen in training).
+- Caltech-101: 101 classes (torchvision drops BACKGROUND_Google: data.exclude_classes) and the
+  first 80% of each class in file order for training, the rest for testing (datasets.py:
+  845-857); here train+test pooled, 20% of each class held out by data.subset_seed (`val`, no
+  test split: TFDS's order is not the file order). DTD: partition 1 (TFDS dtd's split).
+- Synthetic data: 1x = the real training count per class (MIT Indoor-67 80, DTD 40; the
+  reference's sample_stable_diff.py:119, scripts/generate.sh), 2x twice that, labelled by
+  prompt, concatenated with the real images (generated_distill.py:56-57), DiffAugment "S" on the
+  whole batch (generated_distill.py:37,143-153).
+- Reporting: the reference keeps the best test accuracy over epochs (distill.py:255-265); kdjax
+  evaluates every `eval_every_steps` and the grid reports final and best.
+- Not reproduced: the reference's adapted ResNet-50 re-estimates its BatchNorm statistics on
+  the task in the probe's first epoch (train_lp.py:96, net.train()) and probes one cached view
+  per image (train_lp.py:110-115); ours is a plain linear probe on every epoch's augmented view
+  (configs/adapt.py). One seed in the reference (default 9); the grid runs 3.
 
 Step 1, adapt the teacher (linear probe of a new head, configs/adapt.py), e.g. CIFAR-10:
   python -m kdjax.main --workdir=runs/adapt_resnet50_cifar10 \
       --config=configs/adapt.py:model=microsoft/resnet-50,data=cifar10
-  python -m kdjax.main --workdir=runs/adapt_vit_b16_cifar10 \
-      --config=configs/adapt.py:model=google/vit-base-patch16-224,data=cifar10
-Other tasks: --workdir=runs/adapt_<teacher>_<task> with data=<the task's TFDS name>
-(cub200: caltech_birds2011; mit_indoor67 once prepared, below); caltech101 also needs the split
-above: --config.data.train_split=train+test --config.data.val_fraction=0.2
---config.data.test_split= (same subset_seed, so the teacher never trains on the held-out 20%).
-Step 2, the three arms:
+Step 2, the arms:
   python -m kdjax.main --workdir=runs/pa_r50_r18_cifar10_distill \
       --config=configs/paper_a.py:teacher=resnet50,student=resnet18,data=cifar10,arm=distill
   python -m kdjax.main --workdir=runs/pa_r18_cifar10_scratch \
       --config=configs/paper_a.py:student=resnet18,data=cifar10,arm=scratch
-  python -m kdjax.main --workdir=runs/pa_r18_cifar10_finetune \
-      --config=configs/paper_a.py:student=resnet18,data=cifar10,arm=finetune
   python -m kdjax.main --config=configs/paper_a.py:runlocal --workdir=/tmp/pa   # CPU smoke test
+experiments/paper_a.py runs the whole grid (adaptation, arms, synthetic sets) in order.
 
 Data: `tfds build cifar10 --file_format=array_record` (likewise cifar100, caltech_birds2011,
 caltech101, dtd; needs tensorflow-cpu and network once, see README). MIT Indoor-67 is not in
@@ -48,30 +77,24 @@ the TFDS catalog: download indoorCVPR_09.tar (Images/<class>/*.jpg) and its Trai
 TestImages.txt lists from the dataset's page (web.mit.edu/torralba/www/indoor.html) into one
 folder SRC, then write it as a local TFDS dataset (no TensorFlow needed; 67 classes, 5,360 train
 / 1,340 test):
-  PYTHONPATH=. python configs/paper_a.py mit_indoor67 SRC ~/tensorflow_datasets
+  python -m kdjax.data.prepare mit_indoor67 SRC ~/tensorflow_datasets
 
-Expected runtime (our estimate, not measured: no GPU, Hub or dataset download here): 250 epochs
-of CIFAR are 12.5M images at 224 px (195k steps of 64); ResNet-18 forward + backward (~11
-GFLOPs) plus the ResNet-50 teacher's forward (~8 GFLOPs) per image: about 2-4 h on one
-A100/H100-class GPU, 2-3x that with the ViT-B/16 teacher (~35 GFLOPs forward); the small tasks
-(1.9k-7.3k training images) take 7-26x less. Scratch costs about half a distill run, finetune
-(30 epochs of the student alone) well under a tenth.
+Expected runtime: `python experiments/paper_a.py run --dry_run` prints every step's FLOPs and
+GPU-hours (an estimate from the configs, not measured: no GPU, Hub or dataset download here).
 
 Reported accuracies: neither /work/shared/seeds nor PAPERS.md quotes a per-task number for any
-cell of this grid (teacher x student x task x {distill, scratch, finetune}): all are "not
-reported" in our sources. What they do report: the distilled student "can achieve or surpass
-the performance it would achieve if it was pre-trained then finetuned" (seeds/001, seeds/003
-abstract), the effect "tends not to occur if the task is data-limited" (MIT Indoor, DTD,
-Caltech-101; fixed there with synthetic images), and training "up to 94% faster than the
-standard pre-training paradigm" (seeds/000, seeds/001).
+cell of this grid: all are "not reported" in our sources (experiments/paper_numbers.py). What
+they do report: the distilled student "can achieve or surpass the performance it would achieve
+if it was pre-trained then finetuned" (seeds/001, seeds/003 abstract), the effect "tends not to
+occur if the task is data-limited" (MIT Indoor, DTD, Caltech-101; fixed there with synthetic
+images), and training "up to 94% faster than the standard pre-training paradigm".
 """
 
-import os
-import sys
 
 from kdjax import configlib
 
-TEACHERS = {"resnet50": "microsoft/resnet-50", "vit_b16": "google/vit-base-patch16-224"}
+# the reference's torchvision ResNet-50 IMAGENET1K_V2 / ViT-B/16 IMAGENET1K_V1 (see above)
+TEACHERS = {"resnet50": "microsoft/resnet-50", "vit_b16": "facebook/deit-base-patch16-224"}
 # student -> its ImageNet checkpoint on the Hub (arm=finetune)
 STUDENTS = {"resnet18": "microsoft/resnet-18", "mobilenet_v2": "google/mobilenet_v2_1.0_224"}
 # task -> (TFDS name, train split, test split, class-stratified hold-out of the train split)
@@ -84,6 +107,8 @@ TASKS = {
     "dtd": ("dtd", "train", "test", 0.0),  # split 1: 1,880 train / 1,880 test
 }
 ARMS = ("distill", "scratch", "finetune")
+EXCLUDE = {"caltech101": ("background_google",)}  # torchvision's 101 classes
+EPOCHS = 250.0  # every arm: scripts/{distill,train_fr,train_ft,train_lp}.sh --epochs=250
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -95,30 +120,30 @@ def _check(name, value, valid):
 
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, teacher="resnet50", student="resnet18", data="cifar10",
-                            arm="distill", teacher_dir="", epochs=0.0, runlocal=False)
+                            arm="distill", teacher_dir="", epochs=0.0, synthetic="",
+                            synthetic_fraction=0.0, runlocal=False)
   _check("teacher", arg.teacher, TEACHERS)
   _check("student", arg.student, STUDENTS)
   _check("data", arg.data, TASKS)
   _check("arm", arg.arm, ARMS)
+  if arg.synthetic and arg.arm != "distill":
+    raise ValueError("synthetic is for arm=distill (the reference's generated_distill.py)")
   c = configlib.base()
-  tfds_name, c.data.train_split, c.data.test_split, c.data.val_fraction = TASKS[arg.data]
-  c.data.name = tfds_name
-  c.data.load_size = 256
-  c.data.image_size = 224
-  c.data.mean, c.data.std = IMAGENET_MEAN, IMAGENET_STD
-  if arg.data.startswith("cifar"):  # as configs/adapt.py: the teacher saw the same views
-    c.data.augment.kind = "crop_flip"
-    c.data.augment.pad = 0  # random 224 crop of the 256 px image
-    c.data.eval_crop_fraction = 224 / 256
-  else:
-    c.data.augment.kind = "rrc_flip"
+  set_data(c.data, arg.data)
+  if arg.synthetic:
+    c.data.synthetic = arg.synthetic
+    c.data.synthetic_fraction = arg.synthetic_fraction or None
+    c.data.augment.kind = "rrc_flip_diffaug"
 
   c.model.name = arg.student
   c.model.stem = "imagenet"  # ResNet: 7x7/2 + max-pool at 224 px
   c.model.cifar_strides = False  # MobileNetV2: the ImageNet strides at 224 px
   if arg.arm == "finetune":
     c.model.pretrained = STUDENTS[arg.student]
-    c.optimizer.backbone_lr_scale = 0.1  # backbone 1e-4, new head 1e-3
+    # the checkpoint's own mean/std: each set of weights with the inputs it was trained on
+    # (google/mobilenet_v2: 0.5/0.5; the reference's torchvision weights: ImageNet's)
+    c.data.normalization = "auto"
+    c.optimizer.backbone_lr_scale = 0.1  # backbone 1e-4, new head 1e-3 (train_ft.py:51-63)
   if arg.arm == "distill":
     c.loss.kd_weight = 1.0
     c.loss.kd_temperature = 4.0
@@ -133,11 +158,10 @@ def get_config(arg=None):
 
   c.batch_size = 64
   c.eval_batch_size = 128
-  c.total_epochs = arg.epochs or (30.0 if arg.arm == "finetune" else 250.0)
-  c.optimizer.name = "adamw"
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.weight_decay = 1e-2
-  c.optimizer.schedule = "constant"
+  c.total_epochs = arg.epochs or EPOCHS
+  set_optimizer(c.optimizer)
+  if arg.arm == "finetune":
+    c.optimizer.weight_decay = 5e-4  # train_ft.py:162 (passed to its AdamW: line 63)
   c.eval_every_steps = 5000
   c.checkpoint_every_steps = 5000
   if arg.runlocal:
@@ -149,38 +173,32 @@ def get_config(arg=None):
   return c
 
 
-def prepare_mit_indoor67(src: str, data_dir: str, overwrite: bool = False) -> str:
-  """Writes MIT Indoor-67 (SRC/Images/<class>/*.jpg, SRC/TrainImages.txt, SRC/TestImages.txt,
-  the official 80/20 per-class lists) as the TFDS dataset `mit_indoor67` (array_record) under
-  data_dir, with kdjax's folder writer (kdjax/data/folder.py: every image decoded before anything
-  is written, stored as RGB PNG, no TensorFlow). Returns the dataset's directory."""
-  from kdjax import errors
-  from kdjax.data import folder
-
-  images = os.path.join(os.path.expanduser(src), "Images")
-  if not os.path.isdir(images):
-    raise errors.UserError(f"{src} has no Images/ folder: extract indoorCVPR_09.tar into it")
-  classes = sorted(d for d in os.listdir(images) if os.path.isdir(os.path.join(images, d)))
-  splits = {}
-  for split, listing in (("train", "TrainImages.txt"), ("test", "TestImages.txt")):
-    path = os.path.join(os.path.expanduser(src), listing)
-    if not os.path.isfile(path):
-      raise errors.UserError(f"{path} is missing: download it from the dataset's page")
-    with open(path) as f:
-      splits[split] = [folder.Example(rel, os.path.join(images, rel), rel.split("/")[0])
-                       for rel in f.read().split()]
-  return folder.write("mit_indoor67", data_dir, classes, splits, overwrite=overwrite,
-                      description="MIT Indoor-67 (Quattoni & Torralba, CVPR 2009).",
-                      homepage="http://web.mit.edu/torralba/www/indoor.html")
+def set_data(d, task: str) -> None:
+  """The reference's data of `task` (utils/datasets.py): splits, sizes, views, normalisation;
+  shared with configs/adapt.py's probe so the teacher adapts on the student's views."""
+  tfds_name, d.train_split, d.test_split, d.val_fraction = TASKS[task]
+  d.name = tfds_name
+  d.exclude_classes = EXCLUDE.get(task, ())
+  d.load_size = 256
+  d.image_size = 224
+  d.eval_crop_fraction = 224 / 256  # Resize(256) + CenterCrop(224)
+  d.mean, d.std = IMAGENET_MEAN, IMAGENET_STD
+  d.normalization = "config"
+  if task.startswith("cifar"):  # Resize(256) + RandomCrop(224) + flip (square images)
+    d.augment.kind = "crop_flip"
+    d.augment.pad = 0
+  else:  # RandomResizedCrop(224) + flip, from the aspect-kept image
+    d.load_resize = "shorter"
+    d.augment.kind = "rrc_flip"
 
 
-if __name__ == "__main__":
-  from kdjax import errors
+def set_optimizer(o) -> None:
+  """torch.optim.AdamW(params) with its defaults, as every AdamW of the reference is built
+  (distill.py:130-131): lr 1e-3, weight decay 1e-2 on every parameter, no schedule."""
+  o.name = "adamw"
+  o.learning_rate = 1e-3
+  o.weight_decay = 1e-2
+  o.decay_norm_and_bias = True
+  o.b1, o.b2 = 0.9, 0.999
+  o.schedule = "constant"
 
-  if len(sys.argv) != 4 or sys.argv[1] != "mit_indoor67":
-    sys.exit("usage: PYTHONPATH=. python configs/paper_a.py mit_indoor67 SRC DATA_DIR")
-  try:
-    print(f"prepared mit_indoor67 in {prepare_mit_indoor67(sys.argv[2], sys.argv[3])}")
-  except errors.UserError as e:  # one line, no traceback, as kdjax's commands
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(errors.EXIT_USER_ERROR)

@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -44,28 +43,51 @@ for _p in (HERE, REPO):
 
 import paper_numbers  # noqa: E402  (experiments/paper_numbers.py)
 
+from kdjax import transfer  # noqa: E402  (the 95% interval of the miniature's tables)
+
 FINISHED_FILE = "cost.json"  # train.py writes it last, once the final evaluation is written
+GENERATED_FILE = "dataset_info.json"  # kdjax.generate writes it last, once every shard is done
 METRIC = "top-1 accuracy (%): test split; validation where the task has no test split"
 
 
 # ------------------------------------------------------------------------------ steps and running
 @dataclasses.dataclass(frozen=True)
 class Step:
-  """One kdjax run: `python -m kdjax.main --config=CONFIG --workdir=WORKDIR OVERRIDES...`."""
+  """One kdjax command: `python -m MODULE --config=CONFIG --workdir=WORKDIR OVERRIDES...`
+  (MODULE: kdjax.main, or kdjax.generate for a synthetic set)."""
   name: str
   workdir: str
-  config: str  # FILE:ARG
+  config: str  # FILE:ARG; "{beta}" in it: the strength chosen on validation (`choose`)
   overrides: tuple = ()  # --config.KEY=VALUE
   cell: tuple = ()  # (teacher, student, data, arm): the table row it feeds (None: not applicable)
   seed: int | None = None
-  needs: tuple = ()  # workdirs whose runs must have finished first (adapted teachers)
+  needs: tuple = ()  # workdirs whose runs must have finished first (adapted teachers, ...)
   teachers: tuple = ()  # Hub ids of the teachers its config.teacher.models hold (cost estimate)
+  module: str = "kdjax.main"
+  choose: tuple = ()  # ((beta, tuning workdir), ...): "{beta}" = the best validation accuracy
+  default_beta: float | None = None  # shown by --dry_run while the tuning has not finished
 
   def args(self) -> list:
     return [f"--config={self.config}", f"--workdir={self.workdir}", *self.overrides]
 
   def command(self) -> str:
-    return "python -m kdjax.main " + shlex.join(self.args())
+    return f"python -m {self.module} " + shlex.join(self.args())
+
+  def with_beta(self, beta: float) -> "Step":
+    return dataclasses.replace(self, config=self.config.replace("{beta}", f"{beta:g}"))
+
+
+def chosen_beta(step: Step):
+  """(beta, {beta: validation accuracy}) of a step's tuning runs: the beta of the best final
+  validation accuracy (the smallest beta on a tie); (None, ...) until all have finished."""
+  accs = {}
+  for beta, workdir in step.choose:
+    run = read_run(workdir)
+    if run["status"] != "finished" or "accuracy" not in run:
+      return None, accs
+    accs[beta] = run["accuracy"]
+  best = max(accs.values())
+  return min(b for b, a in accs.items() if a == best), accs
 
 
 def config_path(name: str) -> str:
@@ -126,7 +148,9 @@ def _load_config(args, cwd):
 
 
 def is_finished(workdir: str) -> bool:
-  return os.path.isfile(os.path.join(workdir, FINISHED_FILE))
+  """A kdjax.main run that wrote cost.json, or a kdjax.generate set that wrote its
+  dataset_info.json."""
+  return any(os.path.isfile(os.path.join(workdir, f)) for f in (FINISHED_FILE, GENERATED_FILE))
 
 
 def _subprocess_runner(step: Step, log_path: str) -> int:
@@ -135,7 +159,7 @@ def _subprocess_runner(step: Step, log_path: str) -> int:
   with open(log_path, "a") as log:
     log.write(f"\n$ {step.command()}\n")
     log.flush()
-    return subprocess.run([sys.executable, "-m", "kdjax.main", *step.args()], stdout=log,
+    return subprocess.run([sys.executable, "-m", step.module, *step.args()], stdout=log,
                           stderr=subprocess.STDOUT, env=env).returncode
 
 
@@ -150,15 +174,37 @@ def execute(steps, root: str, *, dry_run=False, keep_going=False, tflops=50.0, r
   caches = set()  # teacher caches an earlier step makes (shared through teacher.cache_dir)
   for i, step in enumerate(steps, 1):
     done = is_finished(step.workdir)
+    beta_note = ""
+    if step.choose:
+      beta, accs = chosen_beta(step)
+      if beta is None:
+        if not dry_run and not done:
+          print(f"[{i}/{n}] {step.name}: not started, its beta tuning has not finished",
+                file=out, flush=True)
+          failed.append(step.name)
+          if not keep_going:
+            break
+          continue
+        beta = step.default_beta
+        beta_note = (f"; beta: the best on validation of {[b for b, _ in step.choose]} once "
+                     f"tuned ({beta:g} shown)")
+      else:
+        beta_note = f"; beta {beta:g}: the best validation accuracy of {accs}"
+      step = step.with_beta(beta)
     if dry_run:
-      config = load_config(step.args())
-      est = estimate(step, config, cache_made=config.teacher.cache_dir in caches)
-      caches.add(config.teacher.cache_dir or None)
-      note = "unknown cost" if est is None else (
-          f"est. {est['flops']:.2e} FLOPs, {est['steps']} steps, "
-          f"{est['flops'] / (tflops * 1e12) / 3600:.2f} GPU-h at {tflops:g} TFLOP/s")
+      if step.module == "kdjax.main":
+        config = load_config(step.args())
+        est = estimate(step, config, cache_made=config.teacher.cache_dir in caches)
+        caches.add(config.teacher.cache_dir or None)
+        note = "unknown cost" if est is None else (
+            f"est. {est['flops']:.2e} FLOPs, {est['steps']} steps, "
+            f"{est['flops'] / (tflops * 1e12) / 3600:.2f} GPU-h at {tflops:g} TFLOP/s")
+      else:
+        est, note = None, ("Stable Diffusion sampling, not estimated here (measure it with "
+                           "experiments/benchmark_generate.py)")
       total_flops += est["flops"] if est and not done else 0.0
-      print(f"# [{i}/{n}] {step.name}: {note}{' (finished: skipped)' if done else ''}", file=out)
+      print(f"# [{i}/{n}] {step.name}: {note}{beta_note}{' (finished: skipped)' if done else ''}",
+            file=out)
       print(("# " if done else "") + step.command(), file=out)
       continue
     if done:
@@ -212,18 +258,40 @@ FORWARD_GFLOPS = {
     "mobilenet_v2": 0.63, "google/mobilenet_v2_1.0_224": 0.63,  # measured
     "resnet50": 8.03, "microsoft/resnet-50": 8.03,  # measured
     "google/vit-base-patch16-224": 35.68,  # measured
-    "WinKawaks/vit-small-patch16-224": _vit_gflops(384, 12, 1536, 16),
-    "facebook/dinov2-small": _vit_gflops(384, 12, 1536, 14),
+    "facebook/deit-base-patch16-224": 35.68,  # the same ViT-B/16 network
     "facebook/dinov2-base": 47.07,  # measured
-    "facebook/dinov2-large": _vit_gflops(1024, 24, 4096, 14),
-    "facebook/dinov2-giant": _vit_gflops(1536, 40, 6144, 14),
-    "laion/CLIP-ViT-L-14-laion2B-s32B-b82K": _vit_gflops(1024, 24, 4096, 14),
-    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": _vit_gflops(1280, 32, 5120, 14),
-    "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": _vit_gflops(1664, 48, 8192, 14),
-    "openai/clip-vit-large-patch14": _vit_gflops(1024, 24, 4096, 14),
 }
-# Examples per TFDS split (the TFDS catalog's split sizes; MIT Indoor-67: configs/paper_a.py's
-# local builder, 5,360 / 1,340).
+# (width, depth, MLP width, patch) of the ViTs (their published shapes): the cost at any size
+VIT_SHAPES = {
+    "google/vit-base-patch16-224": (768, 12, 3072, 16),
+    "facebook/deit-base-patch16-224": (768, 12, 3072, 16),
+    "facebook/deit-small-patch16-224": (384, 12, 1536, 16),
+    "WinKawaks/vit-small-patch16-224": (384, 12, 1536, 16),
+    "facebook/dinov2-small": (384, 12, 1536, 14),
+    "facebook/dinov2-base": (768, 12, 3072, 14),
+    "facebook/dinov2-large": (1024, 24, 4096, 14),
+    "facebook/dinov2-giant": (1536, 40, 6144, 14),
+    "laion/CLIP-ViT-L-14-laion2B-s32B-b82K": (1024, 24, 4096, 14),
+    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": (1280, 32, 5120, 14),
+    "laion/CLIP-ViT-g-14-laion2B-s12B-b42K": (1408, 40, 6144, 14),
+    "openai/clip-vit-large-patch14": (1024, 24, 4096, 14),
+}
+
+
+def forward_gflops(name: str, size: int = 224):
+  """Forward GFLOPs per image of a model at `size` px (None: unknown). CNNs: FORWARD_GFLOPS
+  x (size / 224)^2; ViTs: the measured figure at 224, _vit_gflops otherwise."""
+  if size == 224 and name in FORWARD_GFLOPS:
+    return FORWARD_GFLOPS[name]
+  if name in VIT_SHAPES:
+    return _vit_gflops(*VIT_SHAPES[name], size=size)
+  if name in FORWARD_GFLOPS:
+    return FORWARD_GFLOPS[name] * (size / 224) ** 2
+  return None
+
+
+# Examples per TFDS split (the TFDS catalog's split sizes; MIT Indoor-67 and FGVC-Aircraft:
+# kdjax/data/prepare.py's local builders, the official lists).
 SPLIT_SIZES = {
     ("cifar10", "train"): 50000, ("cifar10", "test"): 10000,
     ("cifar100", "train"): 50000, ("cifar100", "test"): 10000,
@@ -233,13 +301,21 @@ SPLIT_SIZES = {
     ("dtd", "train"): 1880, ("dtd", "test"): 1880,
     ("oxford_flowers102", "train"): 1020, ("oxford_flowers102", "test"): 6149,
     ("oxford_iiit_pet", "train"): 3680, ("oxford_iiit_pet", "test"): 3669,
+    ("fgvc_aircraft", "trainval"): 6667, ("fgvc_aircraft", "test"): 3333,
     ("food101", "train"): 75750, ("food101", "validation"): 25250,
 }
+# Examples of a class per split, for data.exclude_classes (Caltech-101's background_google:
+# 30 in TFDS's train split, 437 in its test split, 467 in all)
+CLASS_SIZES = {("caltech101", "background_google", "train"): 30,
+               ("caltech101", "background_google", "test"): 437}
 
 
-def _split_size(name, split):
+def _split_size(name, split, exclude=()):
   sizes = [SPLIT_SIZES.get((name, s.strip())) for s in split.split("+")]
-  return None if None in sizes else sum(sizes)
+  if None in sizes:
+    return None
+  return sum(sizes) - sum(CLASS_SIZES.get((name, c, s.strip()), 0)
+                          for c in exclude for s in split.split("+"))
 
 
 def estimate(step: Step, config=None, cache_made=False):
@@ -254,14 +330,18 @@ def estimate(step: Step, config=None, cache_made=False):
   assumption: these are fp32 runs (TF32 matmuls on GPU) at batch 64-128."""
   c = config if config is not None else load_config(step.args())
   d = c.data
-  n_train = _split_size(d.name, d.train_split)
-  n_test = _split_size(d.name, d.test_split) if d.test_split else 0
-  student = FORWARD_GFLOPS.get(c.model.pretrained or c.model.name)
-  teachers = [FORWARD_GFLOPS.get(t) for t in step.teachers] if c.teacher.models else []
+  n_train = _split_size(d.name, d.train_split, d.exclude_classes)
+  n_test = _split_size(d.name, d.test_split, d.exclude_classes) if d.test_split else 0
+  student = forward_gflops(c.model.pretrained or c.model.name)
+  views = [v[0] if v else 224 for v in _views(c.teacher.views, len(step.teachers))]
+  teachers = ([forward_gflops(t, size) for t, size in zip(step.teachers, views)]
+              if c.teacher.models else [])
   if n_train is None or n_test is None or student is None or None in teachers:
     return None
   n_val = round(n_train * d.val_fraction)
   n_train -= n_val
+  if d.synthetic:  # a 2x set (experiments/paper_a.py), of which synthetic_fraction is used
+    n_train += round(2 * n_train * (d.synthetic_fraction or 1.0))
   steps = c.total_steps or max(1, round(c.total_epochs * (n_train // c.batch_size)))
   teacher = sum(teachers)
   per_image = student * (1 if c.model.freeze_backbone else 3)
@@ -275,6 +355,12 @@ def estimate(step: Step, config=None, cache_made=False):
   if c.loss.kd_weight > 0 and c.teacher.evaluate:
     gflops += (n_val + n_test) * teacher
   return {"steps": steps, "train_images": steps * c.batch_size, "flops": gflops * 1e9}
+
+
+def _views(text: str, n: int) -> list:
+  """teacher.views entries as (size, ...) or None (the checkpoint's own: 224 here)."""
+  items = [x.strip() for x in text.split(",")] if text.strip() else [""] * n
+  return [(int(x.split("/")[0]),) if x else None for x in items]
 
 
 # ------------------------------------------------------------------------------ results
@@ -302,6 +388,11 @@ def read_run(workdir: str) -> dict:
     final = evals[-1]
     split = "test" if "test/accuracy" in final else "val"
     out.update(split=split, accuracy=final[f"{split}/accuracy"], eval_step=final["step"])
+    # the references' metric: the best evaluation of the run (sfarhat/dapt and
+    # amazon-science/adaptive-feature-transfer keep the maximum test accuracy over epochs)
+    best = max((r for r in evals if f"{split}/accuracy" in r),
+               key=lambda r: r[f"{split}/accuracy"])
+    out.update(best_accuracy=best[f"{split}/accuracy"], best_step=best["step"])
     for key in ("teacher_accuracy", "agreement", "count"):
       if f"{split}/{key}" in final:
         out[key] = final[f"{split}/{key}"]
@@ -314,8 +405,10 @@ def read_run(workdir: str) -> dict:
 
 def collect(steps, lookup, paper: str, root: str) -> dict:
   """Every planned run's result, and per table cell (seeds pooled) ours next to the paper's."""
-  runs, by_cell = [], {}
+  runs, by_cell, betas = [], {}, {}
   for step in steps:
+    if step.choose:  # the strength chosen on validation (None until tuned)
+      betas[step.cell] = chosen_beta(step)[0]
     teacher, student, data, arm = step.cell
     run = {"name": step.name, "workdir": step.workdir, "teacher": teacher, "student": student,
            "data": data, "arm": arm, "seed": step.seed, **read_run(step.workdir)}
@@ -324,9 +417,10 @@ def collect(steps, lookup, paper: str, root: str) -> dict:
   cells = []
   for (teacher, student, data, arm), group in by_cell.items():
     done = [r for r in group if r["status"] == "finished" and "accuracy" in r]
-    accs = [100.0 * r["accuracy"] for r in done]
-    mean = sum(accs) / len(accs) if accs else None
-    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs)) if accs else None
+    mean, ci95 = transfer.interval([100.0 * r["accuracy"] for r in done]) if done else (None,
+                                                                                        None)
+    best, best_ci95 = (transfer.interval([100.0 * r["best_accuracy"] for r in done]) if done
+                       else (None, None))
     walls = [r["wall_time_s"] for r in done if "wall_time_s" in r]
     paper_value, source = lookup(teacher, student, data, arm)
     if len(done) == len(group):
@@ -339,7 +433,9 @@ def collect(steps, lookup, paper: str, root: str) -> dict:
       status = "not run"
     cells.append({
         "teacher": teacher, "student": student, "data": data, "arm": arm,
-        "ours": mean, "ours_std": std, "seeds": [r["seed"] for r in done],
+        "beta": betas.get((teacher, student, data, arm)),
+        "ours": mean, "ours_ci95": ci95, "ours_best": best, "ours_best_ci95": best_ci95,
+        "seeds": [r["seed"] for r in done],
         "seeds_planned": [r["seed"] for r in group], "split": done[0]["split"] if done else None,
         "status": status, "paper": paper_value, "paper_source": source,
         "wall_time_h": sum(walls) / len(walls) / 3600 if walls else None})
@@ -347,12 +443,12 @@ def collect(steps, lookup, paper: str, root: str) -> dict:
           "claims": [c for c in paper_numbers.CLAIMS if c["paper"] == paper]}
 
 
-def fmt_ours(cell) -> str:
-  if cell["ours"] is None:
+def fmt_ours(cell, key="ours") -> str:
+  if cell[key] is None:
     return cell["status"]
-  text = f"{cell['ours']:.2f}"
+  text = f"{cell[key]:.2f}"
   if len(cell["seeds"]) > 1:
-    text += f" ± {cell['ours_std']:.2f} ({len(cell['seeds'])} seeds)"
+    text += f" ± {cell[key + '_ci95']:.2f} ({len(cell['seeds'])} seeds)"
   if cell["split"] == "val":
     text += " (val)"
   if cell["status"] != "finished":
@@ -363,17 +459,23 @@ def fmt_ours(cell) -> str:
 def markdown(result, title: str, columns, notes=()) -> str:
   """`columns`: (header, cell key) of the identifying columns, e.g. (("task", "data"), ...)."""
   lines = [f"# {title}", "", f"Results under `{result['root']}`; {result['metric']}. Ours: mean "
-           "(± population std over seeds); paper: its reported number where our sources give "
-           "one.", ""]
+           "over seeds ± the half-width of its 95% confidence interval (Student's t); "
+           "*final*: the last evaluation of each run (our figure); *best*: each run's best "
+           "evaluation over training, the metric the reference codes report (comparable with "
+           "the papers' numbers, optimistic: it selects on the test split). Paper: its "
+           "reported number where our sources give one.", ""]
   lines += [f"- {n}" for n in notes] + ([""] if notes else [])
-  header = [h for h, _ in columns] + ["ours", "paper", "paper source", "wall-clock (h, per run)"]
+  header = [h for h, _ in columns] + ["ours, final", "ours, best", "paper", "paper source",
+                                      "wall-clock (h, per run)"]
   lines += ["| " + " | ".join(header) + " |",
-            "| " + " | ".join(["---"] * len(columns) + ["---:", "---:", "---", "---:"]) + " |"]
+            "| " + " | ".join(["---"] * len(columns) + ["---:", "---:", "---:", "---",
+                                                        "---:"]) + " |"]
   for cell in result["cells"]:
     ident = [str(cell[k]) if cell[k] is not None else "-" for _, k in columns]
     paper = f"{cell['paper']:.2f}" if cell["paper"] is not None else "not reported"
     wall = f"{cell['wall_time_h']:.2f}" if cell["wall_time_h"] is not None else ""
-    lines.append("| " + " | ".join(ident + [fmt_ours(cell), paper, cell["paper_source"], wall])
+    lines.append("| " + " | ".join(ident + [fmt_ours(cell), fmt_ours(cell, "ours_best"), paper,
+                                            cell["paper_source"], wall])
                  + " |")
   if result["claims"]:
     lines += ["", "What our sources report (claims, not table cells):", ""]
@@ -406,7 +508,8 @@ def common_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("command", choices=["run", "collect"])
   p.add_argument("--root", required=True, help="directory of all the runs (one sub-directory each)")
   p.add_argument("--arms", default=None, help="comma-separated (default: all)")
-  p.add_argument("--seeds", default="0", help="comma-separated seeds (config.seed)")
+  p.add_argument("--seeds", default="0,1,2",
+                 help="comma-separated seeds (config.seed); >= 3 for a 95% interval")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="--config.KEY=VALUE for every command (repeatable)")
   p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
@@ -438,12 +541,20 @@ def finish(args, steps, lookup, paper, title, columns, notes=(), out=None) -> in
 
 # ------------------------------------------------------------------------------ paper A's grid
 PA = config_module("paper_a")
-ARMS = PA.ARMS  # distill, scratch, finetune
+# distill_syn1x / 2x: distill with 1x / 2x Stable Diffusion images of the data-limited tasks
+ARMS = (*PA.ARMS, "distill_syn1x", "distill_syn2x")
+SYNTH_ARMS = {"distill_syn1x": 0.5, "distill_syn2x": 1.0}  # fraction of the 2x set per class
+SYNTH_TASKS = ("mit_indoor67", "dtd", "caltech101")  # the reference's generated_distill.py:212
+# the reference's sampling: the pipeline's defaults (PNDM, 50 steps, guidance 7.5; its
+# sample_stable_diff.py:121 sets none)
+SYNTH_ARG = "scheduler=pndm,steps=50,guidance=7.5"
 
 
 def plan(root, teachers=None, students=None, tasks=None, arms=None, seeds=(0,), extra=()):
-  """Paper A's steps in run order: per task, the teachers' adaptation, then per student and
-  seed the arms. Teacher-free arms (scratch, finetune) run once per student, task and seed."""
+  """Paper A's steps in run order: per task, the teachers' adaptation and (synthetic arms) the
+  2x synthetic set, then per student and seed the arms. Teacher-free arms (scratch, finetune)
+  run once per student, task and seed. One 2x set per task serves both synthetic arms: its
+  first half of each class is the 1x set (kdjax.generate's order)."""
   check_root(root)
   teachers = list(teachers or PA.TEACHERS)
   students, tasks = list(students or PA.STUDENTS), list(tasks or PA.TASKS)
@@ -451,31 +562,37 @@ def plan(root, teachers=None, students=None, tasks=None, arms=None, seeds=(0,), 
   extra = tuple(extra)
   steps = []
   for task in tasks:
-    tfds_name, train_split, test_split, val_fraction = PA.TASKS[task]
-    split_overrides = tuple(o for o, default in (
-        (f"--config.data.train_split={train_split}", train_split == "train"),
-        (f"--config.data.test_split={test_split}", test_split == "test"),
-        (f"--config.data.val_fraction={val_fraction:g}", val_fraction == 0.0)) if not default)
+    task_arms = [a for a in arms if a not in SYNTH_ARMS or task in SYNTH_TASKS]
+    distills = [a for a in task_arms if a.startswith("distill")]
     adapted = {}
-    for teacher in (teachers if "distill" in arms else ()):
+    for teacher in (teachers if distills else ()):
       name = f"adapt_{teacher}_{task}"
       adapted[teacher] = os.path.join(root, name)
-      steps.append(Step(
-          name, adapted[teacher],
-          f"{config_path('adapt.py')}:model={PA.TEACHERS[teacher]},data={tfds_name}",
-          split_overrides + extra, (teacher, None, task, "teacher"), None))
+      steps.append(Step(name, adapted[teacher],
+                        f"{config_path('adapt.py')}:model={PA.TEACHERS[teacher]},task={task}",
+                        extra, (teacher, None, task, "teacher"), None))
+    synth = None
+    if any(a in SYNTH_ARMS for a in task_arms):
+      synth = os.path.join(root, f"synth_{task}_2x")
+      steps.append(Step(f"synth_{task}_2x", synth,
+                        f"{config_path('synth/paper_a.py')}:task={task},multiple=2,{SYNTH_ARG}",
+                        (), (None, None, task, "synthetic"), None, module="kdjax.generate"))
     for student in students:
       for seed in seeds:
-        for arm in arms:
+        for arm in task_arms:
           common = (seed_override(seed),) + extra
-          if arm == "distill":
+          if arm.startswith("distill"):
             for teacher in teachers:
-              name = f"distill_{teacher}_{student}_{task}_s{seed}"
+              name = f"{arm}_{teacher}_{student}_{task}_s{seed}"
               arg = (f"teacher={teacher},student={student},data={task},arm=distill,"
                      f"teacher_dir={adapted[teacher]}")
+              needs = (adapted[teacher],)
+              if arm in SYNTH_ARMS:
+                arg += f",synthetic={synth},synthetic_fraction={SYNTH_ARMS[arm]:g}"
+                needs += (synth,)
               steps.append(Step(name, os.path.join(root, name),
                                 f"{config_path('paper_a.py')}:{arg}", common,
-                                (teacher, student, task, "distill"), seed, (adapted[teacher],),
+                                (teacher, student, task, arm), seed, needs,
                                 (PA.TEACHERS[teacher],)))
           else:
             name = f"{arm}_{student}_{task}_s{seed}"
@@ -502,7 +619,10 @@ def main(argv=None, out=None) -> int:
   steps = plan(args.root, teachers, students, tasks, arms, [int(s) for s in csv(args.seeds)],
                set_overrides(args.set))
   notes = ["arm `teacher`: the adapted teacher itself (linear probe, configs/adapt.py); "
-           "`distill` uses it; `scratch` and `finetune` have no teacher."]
+           "`distill` uses it; `scratch` and `finetune` have no teacher.",
+           "`distill_syn1x` / `distill_syn2x`: distill with 1x / 2x Stable Diffusion images per "
+           "class (labelled by prompt) and DiffAugment, MIT Indoor-67, DTD and Caltech-101 only "
+           "(arm `synthetic`: the generated set)."]
   return finish(args, steps, paper_numbers.paper_a, "A",
                 "Paper A (Farhat & Chen, arXiv 2404.03263): ours vs reported",
                 (("task", "data"), ("student", "student"), ("teacher", "teacher"),

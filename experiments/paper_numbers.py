@@ -33,6 +33,10 @@ A_FINETUNE = {(s, d): None for s in A_STUDENTS for d in A_TASKS}
 # Distilled student (CE + KD + alignment + uniformity): (teacher, student, task) -> top-1 %.
 # Not in our sources.
 A_DISTILL = {(t, s, d): None for t in A_TEACHERS for s in A_STUDENTS for d in A_TASKS}
+# Distilled with 1x / 2x synthetic images (MIT Indoor-67, DTD, Caltech-101): not in our sources.
+A_DISTILL_SYNTHETIC = {(t, s, d, a): None for t in A_TEACHERS for s in A_STUDENTS
+                       for d in ("mit_indoor67", "dtd", "caltech101")
+                       for a in ("distill_syn1x", "distill_syn2x")}
 
 B_TEACHER_KEYS = ("dinov2_l", "dinov2_g", "clip_l", "clip_h", "clip_g")
 # Single pre-trained models PAPERS.md names (DINOv2 ViT-L/G, CLIP ViT-L/H/G) and their
@@ -40,10 +44,9 @@ B_TEACHER_KEYS = ("dinov2_l", "dinov2_g", "clip_l", "clip_h", "clip_g")
 # configs/paper_b.py; PAPERS.md: "several models: concatenate their features").
 B_TEACHER_SETS = (*B_TEACHER_KEYS, "dinov2_g+clip_g")
 B_STUDENTS = ("vit_s", "resnet50")
-B_DATASETS = ("cifar10", "cifar100", "flowers102", "pets", "food101")
+B_DATASETS = ("cifar10", "cifar100", "flowers102", "pets", "aircraft", "dtd", "food101")
 # In PAPERS.md's list but not in configs/paper_b.py (no config key, so no run and no row):
 B_NOT_IN_GRID = {
-    "datasets": ("FGVC Aircraft", "DTD"),
     "downstream models": ("MLP-Mixer-B",),
     "pre-trained models": ("BiT",),
 }
@@ -59,6 +62,8 @@ B_STL = {(s, d): None for s in B_STUDENTS for d in B_DATASETS}
 # baseline of the paper): (teacher set, student, dataset) -> top-1 %. Not in our sources.
 B_AFT = {(t, s, d): None for t in B_TEACHER_SETS for s in B_STUDENTS for d in B_DATASETS}
 B_FEATURE_KD = {(t, s, d): None for t in B_TEACHER_SETS for s in B_STUDENTS for d in B_DATASETS}
+B_AFT_NO_KERNEL = {(t, s, d): None for t in B_TEACHER_SETS for s in B_STUDENTS
+                   for d in B_DATASETS}
 B_KD = {(t, s, d): None for t in B_TEACHER_SETS for s in B_STUDENTS for d in B_DATASETS}
 # The adapted teachers of arm kd (linear probe): (teacher key, dataset) -> top-1 %.
 B_TEACHER_PROBE = {(t, d): None for t in B_TEACHER_KEYS for d in B_DATASETS}
@@ -83,8 +88,12 @@ CLAIMS = (
 def paper_a(teacher, student, data, arm):
   """(top-1 % or None, source) for one cell of paper A's grid (teacher/student None where the
   arm has none: scratch and finetune have no teacher, arm 'teacher' no student)."""
+  if arm == "synthetic":
+    return None, "a generated image set, not a result"
   if arm == "teacher":
     table, key = A_TEACHER_PROBE, (teacher, data)
+  elif arm in ("distill_syn1x", "distill_syn2x"):
+    table, key = A_DISTILL_SYNTHETIC, (teacher, student, data, arm)
   elif arm in ("scratch", "finetune"):
     table, key = (A_SCRATCH if arm == "scratch" else A_FINETUNE), (student, data)
   elif arm == "distill":
@@ -97,12 +106,15 @@ def paper_a(teacher, student, data, arm):
 def paper_b(teachers, student, data, arm):
   """(top-1 % or None, source) for one cell of paper B's vision grid; `teachers` is the teacher
   set ('dinov2_g+clip_g'), None for stl; arm 'teacher' is an adapted teacher (one key)."""
+  if arm.startswith("tune:"):
+    return None, "a tuning run (validation split)"
   if arm == "teacher":
     table, key = B_TEACHER_PROBE, (teachers, data)
   elif arm == "stl":
     table, key = B_STL, (student, data)
-  elif arm in ("aft", "feature_kd", "kd"):
-    table = {"aft": B_AFT, "feature_kd": B_FEATURE_KD, "kd": B_KD}[arm]
+  elif arm in ("aft", "aft_no_kernel", "feature_kd", "kd"):
+    table = {"aft": B_AFT, "aft_no_kernel": B_AFT_NO_KERNEL, "feature_kd": B_FEATURE_KD,
+             "kd": B_KD}[arm]
     key = (teachers, student, data)
   else:
     raise KeyError(f"paper B has no arm {arm!r}")

@@ -6,8 +6,9 @@ r"""Plots collected paper results (ROOT/results.json of experiments/paper_a.py /
 Paper A: one panel per student, tasks on the x axis, the arms side by side (scratch, pre-trained
 + fine-tuned, distilled from each teacher, the adapted teachers themselves). Paper B: one panel
 per (student, pre-trained model set), datasets on the x axis, the arms side by side (stl,
-feature_kd, kd, aft). Bars: ours (mean over the finished seeds, error bar: their std); black
-diamonds: the paper's reported number where our sources give one; "n/a": no finished run yet.
+feature_kd, kd, aft). Bars: ours (final accuracy, mean over the finished seeds, error bar: its
+95% confidence interval); black diamonds: the paper's reported number where our sources give
+one; "n/a": no finished run yet.
 Works with any subset of results (missing cells, missing panels, nothing at all).
 """
 
@@ -75,7 +76,7 @@ def plot(result, out_path: str) -> dict:
         pos = i - 0.4 + w * (j + 0.5)
         if cell["ours"] is not None:
           ax.bar(pos, cell["ours"], w, color=colors[j % len(colors)], capsize=2,
-                 yerr=cell["ours_std"] if len(cell["seeds"]) > 1 else None)
+                 yerr=cell["ours_ci95"] if len(cell["seeds"]) > 1 else None)
           counts["bars"] += 1
         else:
           ax.text(pos, 1, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="gray")

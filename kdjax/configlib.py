@@ -112,7 +112,7 @@ def base() -> ml_collections.ConfigDict:
   c.loss.proj_head = "mlp"  # paper A projection heads: mlp (Linear(d,d)-ReLU-Linear) | linear
   c.loss.proj_dim = 128
   c.loss.aft_weight = 0.0  # paper B: beta x R
-  c.loss.aft_kernel = "linear"  # linear | rbf
+  c.loss.aft_kernel = "linear"  # linear | rbf | none (the no-kernel variant: a learned map V)
   c.loss.aft_rho = "diagonal"  # diagonal (one weight per teacher feature) | dense (a matrix)
   c.loss.feature_kd_weight = 0.0  # paper B's baseline: linear map student -> teacher, MSE
   # AFT's rho / dense map and feature-KD's map: this learning rate (same optimizer and schedule
@@ -128,6 +128,10 @@ def base() -> ml_collections.ConfigDict:
   # teacher's resolution and normalisation on the device) | cached: run them once over the
   # training set (cache_views augmented views per image) and read their outputs from disk.
   c.teacher.mode = "online"
+  # Each teacher's input view, comma-separated in teacher.models' order: "" = its checkpoint's
+  # preprocessing (central crop, size), "SIZE" or "SIZE/CROP" (central CROP fraction at SIZE px,
+  # e.g. "518/1.0": the AFT reference's DINOv2). Made on the device from the student's view.
+  c.teacher.views = ""
   c.teacher.dtype = "float32"  # teacher compute dtype: float32 | bfloat16
   c.teacher.param_sharding = "replicate"  # replicate | fsdp (split over the data axis)
   c.teacher.fsdp_min_size = 2**16
@@ -151,6 +155,12 @@ def base() -> ml_collections.ConfigDict:
   c.data.num_workers = 8  # streaming: decoding threads
   c.data.prefetch = 4  # streaming: batches decoded ahead
   c.data.load_size = config_dict.placeholder(int)  # resize on load (needed for mixed sizes)
+  # square: warp to load_size x load_size | shorter: the short side to load_size (aspect kept),
+  # then the central square (torchvision Resize + CenterCrop: no distortion)
+  c.data.load_resize = "square"
+  # label names left out of every split, the other labels renumbered (Caltech-101's
+  # background_google: the reference's 101 classes)
+  c.data.exclude_classes = ()
   c.data.image_size = 32  # model input size
   c.data.eval_crop_fraction = 1.0  # eval: central crop of this fraction, then resize
   c.data.mean = CIFAR_MEAN
@@ -186,10 +196,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   # late: config files import this module, and these import JAX
   from kdjax import distill, models, optim, teachers
   from kdjax import sharding as shd
-  from kdjax.data import augment
+  from kdjax.data import augment, sources
 
   c = config
   models.check(c.model)
+  distill.parse_views(c.teacher.views, len([n for n in c.teacher.models.split(",")
+                                            if n.strip()]))
   distill.check(c.loss, has_teachers=bool(c.teacher.models.strip(", ")))
   for key, table in [("optimizer.name", optim.OPTIMIZERS),
                      ("optimizer.schedule", optim.SCHEDULES),
@@ -197,6 +209,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      ("teacher.dtype", teachers.DTYPES),
                      ("teacher.param_sharding", shd.PARAM_SHARDINGS),
                      ("data.normalization", NORMALIZATIONS),
+                     ("data.load_resize", sources.LOAD_RESIZES),
                      ("data.augment.kind", augment.KINDS)]:
     if get(c, key) not in table:
       raise errors.UserError(f"unknown {key} {get(c, key)!r}; valid: {sorted(table)}")

@@ -18,7 +18,10 @@ student lives in `state.aux`: {"student_proj", "teacher_proj"} (paper A, trained
 student's optimizer) and {"rho", "feature_kd"} (at `loss.prior_learning_rate`, see optim.py).
 
 Teacher and student see the same augmented image: the student's normalised batch is mapped back
-to pixels, resized on the device to each teacher's input size and normalised its way.
+to pixels and, on the device, given each teacher's own input view: the central crop and size of
+its checkpoint's preprocessing (e.g. HF DINOv2: the central 224/256, at 224 px) or of
+`teacher.views` (e.g. "518/1.0": the whole image at 518 px, the AFT reference's DINOv2), with
+its resampling filter and normalisation.
 """
 
 import dataclasses
@@ -29,12 +32,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax import errors, losses
-from kdjax.losses.aft import KERNELS as AFT_KERNELS
+from kdjax.losses.aft import KERNELS
 from kdjax.losses.kd import MULTI_TEACHER_MODES
 
 TERMS = ("ce", "kd", "align", "unif", "aft", "feature_kd")
 PROJECTION_HEADS = ("mlp", "linear")
 AFT_RHO = ("diagonal", "dense")
+# loss.aft_kernel: a kernel of R, or "none": paper B's "no kernel" variant (the reference's
+# aft_no_kernel, prior.py:226-246): a learned linear map V from pre-trained to downstream
+# features (with bias, trained at loss.prior_learning_rate), MSE of the batch-centred pair
+AFT_KERNELS = (*KERNELS, "none")
 TEACHER_MODES = ("online", "cached")
 
 
@@ -99,11 +106,67 @@ class TeacherView:
   std: tuple
   num_features: int
   num_logits: int | None  # width of its `logits` output (None: no head)
+  crop_fraction: float = 1.0  # central fraction of the shared view kept before the resize
+  resample: str = "linear"  # jax.image.resize method of that resize
 
 
-def view_of(teacher) -> TeacherView:
-  """A `kdjax.teachers.Teacher`'s view; its output widths from an abstract forward pass."""
+# teacher.views normalisations (timm's data constants)
+VIEW_NORMS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+              "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+              "openai_clip": ((0.48145466, 0.4578275, 0.40821073),
+                              (0.26862954, 0.26130258, 0.27577711))}
+
+
+def parse_views(text: str, num_teachers: int) -> list:
+  """`teacher.views` -> one (size, crop_fraction, norm or None) or None (the checkpoint's own)
+  per teacher. Entries, comma-separated in teacher.models' order: "" (the checkpoint's
+  preprocessing), "SIZE" (SIZE x SIZE px, the whole view), "SIZE/CROP" (the central CROP
+  fraction, timm's crop_pct, resized to SIZE) or "SIZE/CROP/NORM" (NORM: a VIEW_NORMS key
+  instead of the checkpoint's mean and std)."""
+  if not text.strip():
+    return [None] * num_teachers
+  items = [x.strip() for x in text.split(",")]
+  if len(items) != num_teachers:
+    raise errors.UserError(f"teacher.views={text!r} has {len(items)} entries for {num_teachers} "
+                           "teachers: give one per teacher.models entry (empty: the "
+                           "checkpoint's own), e.g. '518/1.0,'")
+  out = []
+  for item in items:
+    if not item:
+      out.append(None)
+      continue
+    size, _, rest = item.partition("/")
+    crop, _, norm = rest.partition("/")
+    try:
+      size, crop = int(size), float(crop or 1.0)
+    except ValueError:
+      size, crop = 0, 0.0
+    if size <= 0 or not 0 < crop <= 1 or (norm and norm not in VIEW_NORMS):
+      raise errors.UserError(f"teacher.views entry {item!r}: want SIZE, SIZE/CROP or "
+                             "SIZE/CROP/NORM with SIZE > 0 pixels, 0 < CROP <= 1 and NORM one "
+                             f"of {sorted(VIEW_NORMS)}, e.g. 518/1.0")
+    out.append((size, crop, norm or None))
+  return out
+
+
+def view_of(teacher, override=None) -> TeacherView:
+  """A `kdjax.teachers.Teacher`'s view; its output widths from an abstract forward pass.
+
+  The checkpoint's preprocessing resizes a raw image's short side to S and crops the central
+  C x C (HF: shortest_edge S, crop_size C): on the shared square view that is the central C/S,
+  resized to C. A square resize keeps the whole view. A kdjax run as teacher (an adapted
+  teacher) saw the student's own augmented views: it keeps the whole view too. `override`:
+  (size, crop_fraction) from `parse_views`."""
+  pre = teacher.preprocess
+  crop_fraction = 1.0
+  if pre.resize is not None and pre.resize[0] == "shortest_edge" and pre.crop is not None:
+    crop_fraction = min(1.0, min(pre.crop) / pre.resize[1])
   h, w = teacher.image_size
+  mean, std = tuple(pre.mean), tuple(pre.std)
+  if override is not None:
+    (h, w), crop_fraction = (override[0], override[0]), override[1]
+    if override[2]:
+      mean, std = VIEW_NORMS[override[2]]
   out = jax.eval_shape(lambda v, x: teacher.apply(v, x), teacher.variables,
                        jax.ShapeDtypeStruct((2, h, w, 3), jnp.float32))
   if "features" not in out:
@@ -112,18 +175,24 @@ def view_of(teacher) -> TeacherView:
   logits = out.get("logits")
   return TeacherView(
       name=teacher.name, apply=teacher.apply, image_size=(h, w),
-      rescale=float(teacher.preprocess.rescale), mean=tuple(teacher.preprocess.mean),
-      std=tuple(teacher.preprocess.std), num_features=int(out["features"].shape[-1]),
-      num_logits=None if logits is None else int(logits.shape[-1]))
+      rescale=float(pre.rescale), mean=mean, std=std, num_features=int(out["features"].shape[-1]),
+      num_logits=None if logits is None else int(logits.shape[-1]),
+      crop_fraction=float(crop_fraction), resample=pre.resample)
 
 
 def to_teacher_pixels(images, data_mean, data_std, view: TeacherView):
-  """The student's normalised batch [B,H,W,3] -> the teacher's normalised input at its size."""
+  """The student's normalised batch [B,H,W,3] -> the teacher's normalised input: the view's
+  central `crop_fraction`, resized to its size with its filter, normalised its way."""
   x = (images.astype(jnp.float32) * jnp.asarray(data_std, jnp.float32)
        + jnp.asarray(data_mean, jnp.float32)) * 255.0
+  if view.crop_fraction < 1.0:  # torchvision CenterCrop's rounding
+    ih, iw = x.shape[1:3]
+    ch, cw = int(round(ih * view.crop_fraction)), int(round(iw * view.crop_fraction))
+    top, left = int(round((ih - ch) / 2)), int(round((iw - cw) / 2))
+    x = x[:, top:top + ch, left:left + cw]
   h, w = view.image_size
   if x.shape[1:3] != (h, w):
-    x = jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "linear", antialias=True)
+    x = jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), view.resample, antialias=True)
   return (x * view.rescale - jnp.asarray(view.mean, jnp.float32)) / jnp.asarray(
       view.std, jnp.float32)
 
@@ -167,15 +236,14 @@ class Distiller:
     if self.uses_projection:
       aux["student_proj"] = self.student_proj.init(k_s, jnp.zeros((1, d_g)))["params"]
       aux["teacher_proj"] = self.teacher_proj.init(k_t, jnp.zeros((1, d_phi)))["params"]
-    if "aft" in self.weights:  # rho = sigmoid(0) = 0.5 (reference); dense: 0.5 * identity
+    k_v = jax.random.fold_in(k_f, 1)
+    if "aft" in self.weights and self.cfg.aft_kernel == "none":
+      aux["aft_map"] = _torch_linear(k_v, d_phi, d_g)  # nn.Linear(d_phi, d_g), prior.py:233
+    elif "aft" in self.weights:  # rho = sigmoid(0) = 0.5 (reference); dense: 0.5 * identity
       aux["rho"] = (jnp.zeros((d_phi,)) if self.cfg.aft_rho == "diagonal"
                     else 0.5 * jnp.eye(d_phi))
-    if "feature_kd" in self.weights:  # torch nn.Linear(d_g, d_phi)'s default init
-      bound = 1.0 / np.sqrt(d_g)
-      kw, kb = jax.random.split(k_f)
-      aux["feature_kd"] = {
-          "kernel": jax.random.uniform(kw, (d_g, d_phi), minval=-bound, maxval=bound),
-          "bias": jax.random.uniform(kb, (d_phi,), minval=-bound, maxval=bound)}
+    if "feature_kd" in self.weights:
+      aux["feature_kd"] = _torch_linear(k_f, d_g, d_phi)
     return aux
 
   def teacher_outputs(self, teacher_vars, images) -> dict:
@@ -219,7 +287,10 @@ class Distiller:
         metrics["unif_student"] = losses.uniformity(z_s, cfg.unif_t)
         metrics["unif_teacher"] = losses.uniformity(z_t, cfg.unif_t)
         terms["unif"] = 0.5 * (metrics["unif_student"] + metrics["unif_teacher"])
-    if "aft" in w:
+    if "aft" in w and cfg.aft_kernel == "none":
+      terms["aft"] = losses.aft_feature_map(g, phi, aux["aft_map"]["kernel"],
+                                            aux["aft_map"]["bias"])
+    elif "aft" in w:
       terms["aft"] = losses.aft(g, phi, aux["rho"], cfg.aft_kernel)
       metrics["rho_mean"] = jnp.mean(rho_weights(aux["rho"]))
     if "feature_kd" in w:
@@ -244,6 +315,15 @@ class Distiller:
           "fraction_above_0.5": float(np.mean(r > 0.5)),
           "top_features": np.argsort(-r)[:20].tolist()})
     return report
+
+
+def _torch_linear(key, d_in: int, d_out: int) -> dict:
+  """A torch nn.Linear(d_in, d_out)'s default initialisation: kernel [d_in, d_out] and bias,
+  both uniform in +-1/sqrt(d_in)."""
+  bound = 1.0 / np.sqrt(d_in)
+  kw, kb = jax.random.split(key)
+  return {"kernel": jax.random.uniform(kw, (d_in, d_out), minval=-bound, maxval=bound),
+          "bias": jax.random.uniform(kb, (d_out,), minval=-bound, maxval=bound)}
 
 
 def rho_weights(rho):

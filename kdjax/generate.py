@@ -152,7 +152,7 @@ def real_dataset(config):
         f"`tfds build {config.data.name} --file_format=array_record` (needs tensorflow-cpu "
         "and network once; README 'Data'), or set data.data_dir")
   label = builder.info.features["label"]
-  names = list(label.names)
+  names = [n for n in label.names if n not in config.data.exclude_classes]  # as the trainer
   shape = builder.info.features["image"].shape
   size = shape[0] if shape[0] and shape[0] == shape[1] else None
   counts = None

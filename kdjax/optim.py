@@ -63,8 +63,9 @@ def _base(cfg, lr, weight_decay: float) -> optax.GradientTransformation:
 
 
 # Top-level keys of the trainer's auxiliary parameters (kdjax/distill.py) that are "priors":
-# trained at loss.prior_learning_rate without weight decay (AFT's rho, feature-KD's map).
-PRIOR_KEYS = ("rho", "feature_kd")
+# trained at loss.prior_learning_rate without weight decay (AFT's rho or its no-kernel map V,
+# feature-KD's map).
+PRIOR_KEYS = ("rho", "aft_map", "feature_kd")
 
 
 def labels(tree: dict) -> dict:

@@ -99,6 +99,9 @@ def spec(config, rows: np.ndarray, teacher_records: list, distiller) -> dict:
       "version": VERSION,
       "shard_size": shard_size(config),
       "teachers": teacher_records,
+      # each teacher's input view of the shared augmented image (distill.view_of)
+      "teacher_inputs": [[list(v.image_size), v.crop_fraction, v.resample, list(v.mean),
+                          list(v.std)] for v in distiller.views],
       "teacher_dtype": config.teacher.dtype,
       "data": {"name": d.name, "split": d.train_split, "num_examples": int(len(rows)),
                "rows_sha1": hashlib.sha1(np.asarray(rows, np.int64).tobytes()).hexdigest(),

@@ -260,7 +260,8 @@ class Preprocessing:
     _, h, w, c = x.shape
     if self.central_fraction < 1.0:  # as kdjax.data.augment.preprocess_eval
       ch, cw = int(round(h * self.central_fraction)), int(round(w * self.central_fraction))
-      x = x[:, (h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
+      top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+      x = x[:, top:top + ch, left:left + cw]
       h, w = ch, cw
     if self.resize is not None:
       kind, size = self.resize

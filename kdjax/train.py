@@ -104,7 +104,9 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
         lambda k: model.init_with_output(k, jnp.zeros((2,) + image_shape), train=False)[0],
         init_key)[1]
     distiller = distill.Distiller(
-        config.loss, [distill.view_of(t) for t in teacher_list], data.num_classes,
+        config.loss, [distill.view_of(t, v) for t, v in zip(
+            teacher_list, distill.parse_views(config.teacher.views, len(teacher_list)))],
+        data.num_classes,
         int(student_out["pre_logits"].shape[-1]), config.data.mean, config.data.std,
         cached=config.teacher.mode == "cached")
     teacher_vars = [shd.put_global(t.variables, shd.param_shardings(

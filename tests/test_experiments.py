@@ -38,7 +38,11 @@ def _in_repo(monkeypatch):
 def test_paper_a_dry_run_commands_load_as_kdjax_main_parses_them(tmp_path):
   root = str(tmp_path / "pa")
   text, commands = _dry_run(paper_a, root, "--seeds=0,1", "--set", "data.data_dir=/data/tfds")
-  assert len(commands) == 12 + 2 * 48  # adapt per (teacher, task) + the arms per seed
+  # adapt per (teacher, task) + per seed: 3 arms x 2 students x 6 tasks (distill: x 2 teachers)
+  # + the 2 synthetic arms x 2 teachers x 2 students x 3 data-limited tasks
+  assert len(commands) == 12 + 2 * (48 + 24)
+  generate = [line for line in text.splitlines() if line.startswith("python -m kdjax.generate")]
+  assert len(generate) == 3 and all("multiple=2,scheduler=pndm,steps=50" in g for g in generate)
   assert "estimated total" in text
   configs = {}
   for args in commands:
@@ -52,9 +56,15 @@ def test_paper_a_dry_run_commands_load_as_kdjax_main_parses_them(tmp_path):
   c = configs["adapt_resnet50_caltech101"]  # the teacher never trains on the held-out 20%
   assert (c.model.pretrained, c.model.freeze_backbone) == ("microsoft/resnet-50", True)
   assert (c.data.train_split, c.data.test_split, c.data.val_fraction) == ("train+test", "", 0.2)
+  assert c.data.exclude_classes == ("background_google",)
   c = configs["finetune_resnet18_dtd_s0"]
-  assert c.model.pretrained == "microsoft/resnet-18" and c.total_epochs == 30.0
+  assert c.model.pretrained == "microsoft/resnet-18" and c.total_epochs == 250.0
   assert configs["scratch_mobilenet_v2_cifar100_s0"].loss.kd_weight == 0.0
+  c = configs["distill_syn1x_vit_b16_resnet18_caltech101_s1"]
+  assert c.data.synthetic == os.path.join(root, "synth_caltech101_2x")
+  assert (c.data.synthetic_fraction, c.data.augment.kind) == (0.5, "rrc_flip_diffaug")
+  assert configs["distill_syn2x_vit_b16_resnet18_dtd_s0"].data.synthetic_fraction == 1.0
+  assert "distill_syn1x_resnet50_resnet18_cifar10_s0" not in configs  # data-limited tasks only
   # a mistyped override fails the way kdjax.main fails (the config is locked)
   with pytest.raises((KeyError, AttributeError)):
     paper_a.load_config(commands[0] + ["--config.data.dataa_dir=x"])
@@ -62,8 +72,10 @@ def test_paper_a_dry_run_commands_load_as_kdjax_main_parses_them(tmp_path):
 
 def test_paper_b_dry_run_commands_load_as_kdjax_main_parses_them(tmp_path):
   root = str(tmp_path / "pb")
-  _, commands = _dry_run(paper_b, root)
-  assert len(commands) == 215
+  text, commands = _dry_run(paper_b, root, "--seeds=0", "--betas=1,10")
+  # 5 teacher keys x 7 datasets adaptations; per (student, dataset): 3 strength arms x 6 sets
+  # x 2 betas tuning runs, 1 stl + 3 x 6 final runs
+  assert len(commands) == 35 + 2 * 7 * (36 + 1 + 18)
   configs = {}
   for args in commands:
     workdir = next(a.split("=", 1)[1] for a in args if a.startswith("--workdir="))
@@ -71,28 +83,33 @@ def test_paper_b_dry_run_commands_load_as_kdjax_main_parses_them(tmp_path):
   c = configs["kd_dinov2_g+clip_g_resnet50_food101_s0"]
   assert c.teacher.models == ",".join(os.path.join(root, f"adapt_{k}_food101")
                                       for k in ("dinov2_g", "clip_g"))
-  assert (c.loss.kd_weight, c.teacher.mode, c.data.test_split) == (1.0, "cached", "validation")
-  c = configs["adapt_clip_g_food101"]  # same hold-out as the students, official test split
-  assert c.model.pretrained == "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"
+  assert (c.teacher.mode, c.data.test_split, c.data.val_fraction) == ("cached", "validation", 0)
+  assert c.loss.kd_weight == 10.0  # beta not tuned yet: the dry run shows 10
+  assert "the best on validation of [1.0, 10.0] once tuned (10 shown)" in text
+  c = configs["adapt_clip_g_food101"]  # the students' hold-out, official test split
   assert (c.data.val_fraction, c.data.test_split) == (0.1, "validation")
-  c = configs["aft_dinov2_l_vit_s_pets_s0"]
+  c = configs["tune_aft_dinov2_l_vit_s_pets_b1"]  # tuning: 90% of train, validation only
   assert (c.loss.aft_weight, c.teacher.models, c.data.name) == (
-      10.0, "facebook/dinov2-large", "oxford_iiit_pet")
-  assert configs["feature_kd_clip_h_resnet50_cifar100_s0"].loss.feature_kd_weight == 10.0
-  assert configs["stl_vit_s_flowers102_s0"].teacher.models == ""
-  # one teacher cache per (teachers, student, dataset), shared by aft and feature_kd
-  cache = os.path.join(root, "teacher_cache_clip_h_resnet50_cifar100")
+      1.0, "facebook/dinov2-large", "oxford_iiit_pet")
+  assert (c.data.val_fraction, c.data.test_split, c.seed) == (0.1, "", 0)
+  c = configs["aft_dinov2_l_vit_s_aircraft_s0"]  # final: the whole training split, test
+  assert (c.data.name, c.data.train_split, c.data.val_fraction, c.data.test_split) == (
+      "fgvc_aircraft", "trainval", 0.0, "test")
+  assert configs["stl_vit_s_dtd_s0"].teacher.models == ""
+  # one teacher cache per (teachers, student, dataset, training rows), shared by the arms
+  cache = os.path.join(root, "teacher_cache_clip_h_resnet50_cifar100_full")
   assert configs["aft_clip_h_resnet50_cifar100_s0"].teacher.cache_dir == cache
   assert configs["feature_kd_clip_h_resnet50_cifar100_s0"].teacher.cache_dir == cache
-  assert len({c.teacher.cache_dir for c in configs.values()}) == 1 + 6 * 2 * 5 * 2  # "", aft, kd
+  assert len({c.teacher.cache_dir for c in configs.values()}) == 1 + 6 * 2 * 7 * 2 * 2
 
 
 def test_grids_have_the_papers_sizes_and_respect_filters(tmp_path):
   root = str(tmp_path)
   steps = paper_a.plan(root)
   arms = [s.cell[3] for s in steps]
-  assert len(steps) == len({s.cell for s in steps}) == 60  # one seed: one run per cell
-  assert [arms.count(a) for a in ("teacher", "distill", "scratch", "finetune")] == [12, 24, 12, 12]
+  assert len(steps) == len({s.cell for s in steps}) == 60 + 3 + 24  # one seed: a run per cell
+  assert [arms.count(a) for a in ("teacher", "distill", "scratch", "finetune", "synthetic",
+                                  "distill_syn1x", "distill_syn2x")] == [12, 24, 12, 12, 3, 12, 12]
   names = [s.name for s in steps]
   for s in steps:  # an adapted teacher comes before every run that reads it
     assert all(names.index(os.path.basename(n)) < names.index(s.name) for n in s.needs)
@@ -101,21 +118,29 @@ def test_grids_have_the_papers_sizes_and_respect_filters(tmp_path):
       f"distill_resnet50_{s}_dtd_s{i}" for s in ("resnet18", "mobilenet_v2") for i in range(3)]
   assert [s.name for s in paper_a.plan(root, arms=["scratch"], tasks=["dtd"])] == [
       "scratch_resnet18_dtd_s0", "scratch_mobilenet_v2_dtd_s0"]  # no teacher: no adaptation
+  synth = paper_a.plan(root, ["resnet50"], ["resnet18"], ["dtd", "cifar10"], ["distill_syn2x"])
+  assert [s.name for s in synth] == ["adapt_resnet50_dtd", "synth_dtd_2x",
+                                     "distill_syn2x_resnet50_resnet18_dtd_s0"]
+  assert synth[1].module == "kdjax.generate" and set(synth[2].needs) == {
+      synth[0].workdir, synth[1].workdir}
 
   steps = paper_b.plan(root)
   arms = [s.cell[3] for s in steps]
-  assert len(steps) == len({s.cell for s in steps}) == 215
+  assert len(steps) == len({s.cell for s in steps}) == 35 + 2 * 7 * (3 * 6 * 5 + 1 + 3 * 6)
   assert [arms.count(a) for a in ("teacher", "stl", "aft", "feature_kd", "kd")] == [
-      25, 10, 60, 60, 60]  # 5 teacher keys x 5 datasets; 6 teacher sets x 2 students x 5
-  assert len(paper_b.plan(root, arms=["aft", "feature_kd", "stl"])) == 130
-  # every default cell has an entry in the papers' numbers (None: not reported)
-  for s in paper_a.plan(root):
-    assert paper_numbers.paper_a(*s.cell) == (None, paper_numbers.NOT_REPORTED)
-  for s in steps:
-    assert paper_numbers.paper_b(*s.cell) == (None, paper_numbers.NOT_REPORTED)
+      35, 14, 84, 84, 84]  # 5 teacher keys x 7 datasets; 6 teacher sets x 2 students x 7
+  assert arms.count("tune:aft:b0.3") == 84 and "aft_no_kernel" not in arms
+  assert len(paper_b.plan(root, arms=["aft", "feature_kd", "stl"], betas=(1.0,))) == 14 * 25
+  # every default cell has an entry in the papers' numbers: None (not reported), or a number
+  # with the table it is read from
+  for module, lookup in ((paper_a, paper_numbers.paper_a), (paper_b, paper_numbers.paper_b)):
+    for s in module.plan(root):
+      value, source = lookup(*s.cell)
+      assert (value is None or isinstance(value, float)) and source
 
 
-def _finished_run(workdir, accuracy, split="test", step=1000, wall=7200.0, finished=True):
+def _finished_run(workdir, accuracy, split="test", step=1000, wall=7200.0, finished=True,
+                  mid=None):
   """The files kdjax/train.py writes: config.json, metrics.jsonl (train rows, the final
   evaluation, the cost record) and, once done, cost.json."""
   os.makedirs(os.path.join(workdir, "checkpoints", str(step)), exist_ok=True)
@@ -123,7 +148,8 @@ def _finished_run(workdir, accuracy, split="test", step=1000, wall=7200.0, finis
     json.dump({"seed": 0}, f)
   rows = [{"step": 50, "train/loss": 2.0, "steps_per_s": 3.0, "images_per_s": 192.0,
            "epoch": 0.1},
-          {"step": step // 2, f"{split}/accuracy": accuracy / 2, f"{split}/loss": 1.5,
+          {"step": step // 2, f"{split}/accuracy": accuracy / 2 if mid is None else mid,
+           f"{split}/loss": 1.5,
            f"{split}/count": 1880},
           {"step": step, f"{split}/accuracy": accuracy, f"{split}/loss": 0.5,
            f"{split}/count": 1880}]
@@ -139,7 +165,7 @@ def _finished_run(workdir, accuracy, split="test", step=1000, wall=7200.0, finis
 
 def test_collect_puts_our_number_next_to_the_papers(tmp_path, monkeypatch):
   root = str(tmp_path / "pa")
-  _finished_run(f"{root}/distill_resnet50_resnet18_dtd_s0", 0.60)
+  _finished_run(f"{root}/distill_resnet50_resnet18_dtd_s0", 0.60, mid=0.64)
   _finished_run(f"{root}/distill_resnet50_resnet18_dtd_s1", 0.62)
   _finished_run(f"{root}/scratch_resnet18_caltech101_s0", 0.7123, split="val")
   _finished_run(f"{root}/scratch_resnet18_caltech101_s1", 0.70, split="val")
@@ -148,7 +174,8 @@ def test_collect_puts_our_number_next_to_the_papers(tmp_path, monkeypatch):
                       (63.5, "Table 9 (test fixture)"))
   out = io.StringIO()
   assert paper_a.main(["collect", f"--root={root}", "--teachers=resnet50",
-                       "--students=resnet18", "--tasks=dtd,caltech101", "--seeds=0,1"],
+                       "--students=resnet18", "--tasks=dtd,caltech101", "--seeds=0,1",
+                       "--arms=distill,scratch,finetune"],
                       out=out) == 0
   assert "2 of 8 cells have results" in out.getvalue()
   with open(f"{root}/results.json") as f:
@@ -156,7 +183,11 @@ def test_collect_puts_our_number_next_to_the_papers(tmp_path, monkeypatch):
   cells = {(c["teacher"], c["student"], c["data"], c["arm"]): c for c in result["cells"]}
   assert len(cells) == 8  # (adapt, distill, scratch, finetune) x 2 tasks
   distill = cells[("resnet50", "resnet18", "dtd", "distill")]
-  assert distill["ours"] == pytest.approx(61.0) and distill["ours_std"] == pytest.approx(1.0)
+  # mean and 95% interval (Student's t, 1 degree of freedom: 12.706 x s / sqrt(2)) of the
+  # final accuracies, and of each run's best evaluation (the references' metric)
+  assert distill["ours"] == pytest.approx(61.0)
+  assert distill["ours_ci95"] == pytest.approx(12.706 * 1.41421 / 1.41421, rel=1e-3)
+  assert distill["ours_best"] == pytest.approx(63.0)
   assert (distill["paper"], distill["paper_source"]) == (63.5, "Table 9 (test fixture)")
   assert distill["seeds"] == [0, 1] and distill["wall_time_h"] == pytest.approx(2.0)
   scratch = cells[(None, "resnet18", "caltech101", "scratch")]
@@ -167,19 +198,21 @@ def test_collect_puts_our_number_next_to_the_papers(tmp_path, monkeypatch):
   run = next(r for r in result["runs"] if r["name"] == "distill_resnet50_resnet18_dtd_s0")
   assert (run["status"], run["accuracy"], run["eval_step"], run["count"]) == (
       "finished", 0.60, 1000, 1880)
+  assert (run["best_accuracy"], run["best_step"]) == (0.64, 500)
   with open(f"{root}/results.md") as f:
     table = f.read()
-  assert ("| dtd | resnet18 | resnet50 | distill | 61.00 ± 1.00 (2 seeds) | 63.50 | "
-          "Table 9 (test fixture) | 2.00 |") in table
-  assert "| caltech101 | resnet18 | - | scratch | 70.62 ± 0.62 (2 seeds) (val) | not reported" \
-      in table
-  assert "| dtd | resnet18 | - | finetune | incomplete (step 5000) | not reported" in table
+  assert ("| dtd | resnet18 | resnet50 | distill | 61.00 ± 12.71 (2 seeds) | 63.00 ± 12.71 "
+          "(2 seeds) | 63.50 | Table 9 (test fixture) | 2.00 |") in table
+  assert "| caltech101 | resnet18 | - | scratch | 70.62 ± 7.81 (2 seeds) (val) |" in table
+  assert ("| dtd | resnet18 | - | finetune | incomplete (step 5000) | incomplete (step 5000) | "
+          "not reported") in table
   assert "94% less training time" in table  # the abstract's claim, quoted with its source
 
 
 def test_run_skips_finished_steps_and_waits_for_the_adapted_teacher(tmp_path):
   root = str(tmp_path)
-  steps = paper_a.plan(root, ["resnet50"], ["resnet18"], ["dtd"], seeds=(0,))
+  steps = paper_a.plan(root, ["resnet50"], ["resnet18"], ["dtd"], ["distill", "scratch", "finetune"],
+                       seeds=(0,))
   assert [s.name for s in steps] == ["adapt_resnet50_dtd", "distill_resnet50_resnet18_dtd_s0",
                                      "scratch_resnet18_dtd_s0", "finetune_resnet18_dtd_s0"]
   _finished_run(steps[2].workdir, 0.5)
@@ -210,9 +243,16 @@ def test_estimate_from_the_configs(tmp_path):
   assert est["flops"] == pytest.approx(est["steps"] * 64 * per_image * 1e9, rel=0.01)
   # paper B: the first run of a shared teacher cache pays for it (45,000 images), not the next
   aft, feature_kd = paper_b.plan(str(tmp_path), ["dinov2_l"], ["vit_s"], ["cifar10"],
-                                 ["aft", "feature_kd"])
+                                 ["aft", "feature_kd"], betas=(1.0,))[:2]
   first, second = paper_a.estimate(aft), paper_a.estimate(feature_kd, cache_made=True)
-  assert first["flops"] - second["flops"] == pytest.approx(45000 * 162.0e9, rel=0.01)
+  # DINOv2-L at the reference's 518 px (37 x 37 patches, not 16 x 16): 6.3x its 224 px forward
+  assert paper_a.forward_gflops("facebook/dinov2-large", 518) == pytest.approx(
+      paper_a._vit_gflops(1024, 24, 4096, 14, 518))
+  assert paper_a.forward_gflops("facebook/dinov2-large", 518) == pytest.approx(
+      6.26 * paper_a.forward_gflops("facebook/dinov2-large"), rel=0.01)
+  assert first["flops"] - second["flops"] == pytest.approx(
+      45000 * paper_a.forward_gflops("facebook/dinov2-large", 518) * 1e9, rel=0.01)
+
   # the ViT formula against XLA's count of kdjax's ports (experiments/results/teachers_cpu_b8)
   assert paper_a._vit_gflops(768, 12, 3072, 16) == pytest.approx(35.68, rel=0.03)
   assert paper_a._vit_gflops(768, 12, 3072, 14) == pytest.approx(47.07, rel=0.03)

@@ -8,18 +8,26 @@ Kinds:
   recipe, torchvision RandomCrop(padding) + RandomHorizontalFlip). Images larger than `size`
   (set `data.load_size`) are cropped as they are (paper A: resize 256, random crop 224);
   smaller ones are first resized up to `size`.
-- "rrc_flip": random-resized-crop (area `scale`, aspect `ratio`, as torchvision
-  RandomResizedCrop, without its rejection loop) to `size`, then flip.
-- "none": resize only.
+- "rrc_flip": random-resized-crop to `size`, then flip: torchvision RandomResizedCrop's
+  get_params (area `scale`, log-uniform aspect `ratio`, integer box, 10 tries, then its
+  central-crop fallback), the box resized with antialiasing.
+- "rrc_flip_diffaug": rrc_flip, normalised, then DiffAugment as paper A's reference applies it
+  to its synthetic-data runs (sfarhat/dapt utils/augment.py, mode "S" with the strategy
+  flip_color_crop_rotate_scale_cutout, generated_distill.py:37,143-153): per batch one of the six
+  operations, with per-example parameters, on the normalised image (teacher and student see the
+  same augmented batch).
+- "none": no augmentation: the deterministic eval view (`preprocess_eval`).
 `flip=False` disables flipping (digits and text are not mirror-symmetric).
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
 
 from kdjax import errors
 
-KINDS = ("crop_flip", "rrc_flip", "none")  # data.augment.kind
+KINDS = ("crop_flip", "rrc_flip", "rrc_flip_diffaug", "none")  # data.augment.kind
 
 
 def _crop(image, key, size, pad):
@@ -31,16 +39,39 @@ def _crop(image, key, size, pad):
   return jax.lax.dynamic_slice(image, (y, x, 0), (size, size, image.shape[2]))
 
 
+RRC_TRIES = 10  # torchvision RandomResizedCrop.get_params
+
+
+def rrc_box(key, h: int, w: int, scale, ratio):
+  """torchvision RandomResizedCrop.get_params: (top, left, crop_h, crop_w) as int32 scalars.
+  Up to 10 draws of (area fraction, log-uniform aspect); the first whose rounded box fits is
+  taken; if none fits, the central crop with the aspect clamped to `ratio`."""
+  k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
+  area = h * w * jax.random.uniform(k_area, (RRC_TRIES,), minval=scale[0], maxval=scale[1])
+  aspect = jnp.exp(jax.random.uniform(k_ratio, (RRC_TRIES,), minval=math.log(ratio[0]),
+                                      maxval=math.log(ratio[1])))
+  cw = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+  ch = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+  fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+  first = jnp.argmax(fits)
+  in_ratio = w / h  # the fallback (static: the image size is)
+  if in_ratio < min(ratio):
+    fw, fh = w, int(round(w / min(ratio)))
+  elif in_ratio > max(ratio):
+    fw, fh = int(round(h * max(ratio))), h
+  else:
+    fw, fh = w, h
+  found = fits[first]
+  crop_h = jnp.where(found, ch[first], fh)
+  crop_w = jnp.where(found, cw[first], fw)
+  top = jnp.where(found, jax.random.randint(k_y, (), 0, h - crop_h + 1), (h - fh) // 2)
+  left = jnp.where(found, jax.random.randint(k_x, (), 0, w - crop_w + 1), (w - fw) // 2)
+  return top, left, crop_h, crop_w
+
+
 def _random_resized_crop(image, key, size, scale, ratio):
   h, w = image.shape[:2]
-  k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
-  area = h * w * jax.random.uniform(k_area, (), minval=scale[0], maxval=scale[1])
-  log_ratio = jax.random.uniform(k_ratio, (), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1]))
-  aspect = jnp.exp(log_ratio)
-  crop_w = jnp.clip(jnp.sqrt(area * aspect), 1.0, w)
-  crop_h = jnp.clip(jnp.sqrt(area / aspect), 1.0, h)
-  y0 = jax.random.uniform(k_y, ()) * (h - crop_h)
-  x0 = jax.random.uniform(k_x, ()) * (w - crop_w)
+  y0, x0, crop_h, crop_w = (v.astype(jnp.float32) for v in rrc_box(key, h, w, scale, ratio))
   sy, sx = size / crop_h, size / crop_w
   # scale_and_translate maps input coordinate u to output u * s + t.
   return jax.image.scale_and_translate(
@@ -67,28 +98,153 @@ def augment_keys(images_uint8, keys, cfg):
     if min(x.shape[1:3]) < size:
       x = resize(x, size)
     x = jax.vmap(lambda im, k: _crop(im, k, size, cfg.augment.pad))(x, keys)
-  elif kind == "rrc_flip":
+  elif kind in ("rrc_flip", "rrc_flip_diffaug"):
     x = jax.vmap(lambda im, k: _random_resized_crop(
         im, k, size, tuple(cfg.augment.scale), tuple(cfg.augment.ratio)))(x, keys)
   elif kind == "none":
-    x = resize(x, size)
+    return preprocess_eval(images_uint8, cfg)
   else:
     raise errors.UserError(f"unknown data.augment.kind {kind!r}; valid: {sorted(KINDS)}")
-  if cfg.augment.flip and kind != "none":
+  if cfg.augment.flip:
     flip_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     do_flip = jax.vmap(lambda k: jax.random.bernoulli(k))(flip_keys)
     x = jnp.where(do_flip[:, None, None, None], x[:, :, ::-1, :], x)
-  return normalise_float(x, cfg.mean, cfg.std)
+  x = normalise_float(x, cfg.mean, cfg.std)
+  if kind == "rrc_flip_diffaug":
+    x = diffaugment(x, keys)
+  return x
+
+
+# ------------------------------------------------------------------------------ DiffAugment
+# sfarhat/dapt utils/augment.py:9-18 (ParamDiffAug), after Zhao & Bilen's DSA code.
+DSA_OPS = ("flip", "color", "crop", "rotate", "scale", "cutout")
+DSA_SCALE = 1.2
+DSA_ROTATE_DEGREES = 15.0
+DSA_CROP = 0.125  # translation: up to int(size * 0.125 + 0.5) pixels
+DSA_CUTOUT = 0.5  # a square of int(size * 0.5 + 0.5) pixels
+DSA_BRIGHTNESS, DSA_SATURATION, DSA_CONTRAST = 1.0, 2.0, 0.5
+
+
+def diffaugment(x, keys):
+  """Mode "S": one operation for the whole batch (drawn from the first example's key, so the
+  same whatever the sharding), each example its own parameters. x: normalised [B,H,W,C]."""
+  op = jax.random.randint(jax.random.fold_in(keys[0], 7), (), 0, len(DSA_OPS))
+  u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 8), (4,)))(keys)  # [B, 4]
+  lo = 1 / DSA_SCALE
+  branches = [
+      lambda x, u: dsa_flip(x, u[:, 0]),
+      lambda x, u: dsa_color(x, u[:, 0], u[:, 1], u[:, 2]),
+      lambda x, u: dsa_translate(x, *_shifts(u, x.shape[1], x.shape[2])),
+      lambda x, u: dsa_affine(x, rotation_theta(
+          (u[:, 0] - 0.5) * 2 * DSA_ROTATE_DEGREES / 180 * math.pi)),
+      lambda x, u: dsa_affine(x, scale_theta(u[:, 0] * (DSA_SCALE - lo) + lo,
+                                             u[:, 1] * (DSA_SCALE - lo) + lo)),
+      lambda x, u: dsa_cutout(x, *_cutout_centres(u, x.shape[1], x.shape[2])),
+  ]
+  return jax.lax.switch(op, branches, x, u)
+
+
+def _shifts(u, h, w):
+  """DSA rand_crop: integer shifts in [-s, s], s = int(size * ratio + 0.5), per example."""
+  sh, sw = int(h * DSA_CROP + 0.5), int(w * DSA_CROP + 0.5)
+  ty = jnp.floor(u[:, 0] * (2 * sh + 1)).astype(jnp.int32) - sh
+  tx = jnp.floor(u[:, 1] * (2 * sw + 1)).astype(jnp.int32) - sw
+  return ty, tx
+
+
+def _cutout_centres(u, h, w):
+  """DSA rand_cutout: centres uniform in [0, size + (1 - cut % 2)) per axis."""
+  ch, cw = int(h * DSA_CUTOUT + 0.5), int(w * DSA_CUTOUT + 0.5)
+  cy = jnp.floor(u[:, 0] * (h + 1 - ch % 2)).astype(jnp.int32)
+  cx = jnp.floor(u[:, 1] * (w + 1 - cw % 2)).astype(jnp.int32)
+  return cy, cx, ch, cw
+
+
+def dsa_flip(x, u):
+  return jnp.where((u < 0.5)[:, None, None, None], x[:, :, ::-1], x)
+
+
+def dsa_color(x, ub, us, uc):
+  """Brightness (+ (u - 0.5) * 1), saturation (x (u * 2) around the channel mean), contrast
+  (x (u + 0.5) around the image mean), in this order."""
+  x = x + (ub[:, None, None, None] - 0.5) * DSA_BRIGHTNESS
+  mean = jnp.mean(x, axis=3, keepdims=True)
+  x = (x - mean) * (us[:, None, None, None] * DSA_SATURATION) + mean
+  mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
+  return (x - mean) * (uc[:, None, None, None] + DSA_CONTRAST) + mean
+
+
+def dsa_translate(x, ty, tx):
+  """out[i, j] = x[i + ty, j + tx], zero outside the image (DSA rand_crop)."""
+  _, h, w, _ = x.shape
+
+  def one(im, dy, dx):
+    rows, cols = jnp.arange(h) + dy, jnp.arange(w) + dx
+    ok = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
+    out = im[jnp.clip(rows, 0, h - 1)][:, jnp.clip(cols, 0, w - 1)]
+    return jnp.where(ok[..., None], out, 0.0)
+
+  return jax.vmap(one)(x, ty, tx)
+
+
+def dsa_cutout(x, cy, cx, ch, cw):
+  """Zeroes rows [cy - ch//2, cy - ch//2 + ch) x the same for columns, clipped (DSA rand_cutout)."""
+  _, h, w, _ = x.shape
+  rows, cols = jnp.arange(h), jnp.arange(w)
+  in_r = (rows[None] >= (cy - ch // 2)[:, None]) & (rows[None] < (cy - ch // 2 + ch)[:, None])
+  in_c = (cols[None] >= (cx - cw // 2)[:, None]) & (cols[None] < (cx - cw // 2 + cw)[:, None])
+  return jnp.where((in_r[:, :, None] & in_c[:, None, :])[..., None], 0.0, x)
+
+
+def rotation_theta(angle):
+  """[B, 2, 3] affine matrices of torch's affine_grid for DSA rand_rotate."""
+  c, s = jnp.cos(angle), jnp.sin(angle)
+  z = jnp.zeros_like(angle)
+  return jnp.stack([jnp.stack([c, s, z], -1), jnp.stack([-s, c, z], -1)], -2)
+
+
+def scale_theta(sx, sy):
+  z = jnp.zeros_like(sx)
+  return jnp.stack([jnp.stack([sx, z, z], -1), jnp.stack([z, sy, z], -1)], -2)
+
+
+def dsa_affine(x, theta):
+  """torch F.grid_sample(x, F.affine_grid(theta, x.shape, align_corners=True),
+  align_corners=True): bilinear, zeros outside. x [B,H,W,C], theta [B,2,3] maps the output's
+  normalised (x, y) in [-1, 1] to the input's."""
+  _, h, w, _ = x.shape
+  xn = jnp.linspace(-1.0, 1.0, w) if w > 1 else jnp.zeros(1)
+  yn = jnp.linspace(-1.0, 1.0, h) if h > 1 else jnp.zeros(1)
+  gx, gy = jnp.meshgrid(xn, yn)  # [H, W]
+
+  def one(im, t):
+    sx = t[0, 0] * gx + t[0, 1] * gy + t[0, 2]
+    sy = t[1, 0] * gx + t[1, 1] * gy + t[1, 2]
+    px, py = (sx + 1) * (w - 1) / 2, (sy + 1) * (h - 1) / 2
+    x0, y0 = jnp.floor(px), jnp.floor(py)
+    out = 0.0
+    for dy in (0, 1):
+      for dx in (0, 1):
+        xi, yi = x0 + dx, y0 + dy
+        weight = (1 - jnp.abs(px - xi)) * (1 - jnp.abs(py - yi))
+        ok = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+        v = im[jnp.clip(yi, 0, h - 1).astype(jnp.int32), jnp.clip(xi, 0, w - 1).astype(jnp.int32)]
+        out = out + jnp.where(ok, weight, 0.0)[..., None] * v
+    return out
+
+  return jax.vmap(one)(x, theta)
 
 
 def preprocess_eval(images_uint8, cfg):
-  """Deterministic eval view: central crop of `eval_crop_fraction`, resized to image_size."""
+  """Deterministic eval view: central crop of `eval_crop_fraction` (torchvision CenterCrop's
+  rounding), resized to image_size. With data.load_resize=shorter at load_size 256 and a
+  fraction 224/256: torchvision's Resize(256) + CenterCrop(224)."""
   x = images_uint8.astype(jnp.float32)
   frac = cfg.eval_crop_fraction
   if frac < 1.0:
     h, w = x.shape[1:3]
     ch, cw = int(round(h * frac)), int(round(w * frac))
-    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    y0, x0 = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
     x = x[:, y0:y0 + ch, x0:x0 + cw]
   return normalise_float(resize(x, cfg.image_size), cfg.mean, cfg.std)
 

@@ -11,8 +11,8 @@ are skipped. Before anything is written every image is decoded: one that cannot 
 DIR is left as it was. A dataset already in DIR/NAME is refused, or with --overwrite replaced once
 the new one is complete.
 
-The writer (`write`) also serves datasets with their own split lists (configs/paper_a.py:
-MIT Indoor-67's TrainImages.txt / TestImages.txt).
+The writer (`write`) also serves datasets with their own split lists (kdjax/data/prepare.py:
+MIT Indoor-67, FGVC-Aircraft).
 """
 
 import concurrent.futures
@@ -222,8 +222,8 @@ def main(argv):
 
 
 def run():
-  # Flags are defined here, not on import: configs/paper_a.py imports this module into
-  # kdjax.main, whose flags (--overwrite) these would clash with.
+  # Flags are defined here, not on import: kdjax/data/prepare.py imports this module, and
+  # kdjax.main's flags (--overwrite) would clash with these.
   from absl import flags
 
   from kdjax import cli

@@ -39,6 +39,9 @@ class Source:
   num_classes: int
   class_names: list
   load_size: int | None = None  # resize every image to load_size x load_size when set
+  # "square": resize to load_size x load_size | "shorter": the short side to load_size (aspect
+  # kept), then the central load_size x load_size (torchvision Resize(s) + CenterCrop(s))
+  load_resize: str = "square"
   keep_in_memory: bool = False  # decode the whole split once, on first use, and keep it
   _cache: tuple | None = dataclasses.field(default=None, init=False, repr=False)
 
@@ -71,9 +74,62 @@ class Source:
     if image.shape[-1] == 1:  # grey-scale -> RGB so every model and teacher sees 3 channels
       image = np.repeat(image, 3, axis=-1)
     if self.load_size and image.shape[:2] != (self.load_size, self.load_size):
-      image = np.asarray(Image.fromarray(image).resize(
-          (self.load_size, self.load_size), Image.BICUBIC))
+      image = resize_on_load(image, self.load_size, self.load_resize)
     return image
+
+
+LOAD_RESIZES = ("square", "shorter")  # data.load_resize
+
+
+def resize_on_load(image: np.ndarray, size: int, how: str = "square") -> np.ndarray:
+  """uint8 [H,W,3] -> [size,size,3]: "square" warps the image (bicubic); "shorter" resizes the
+  short side to `size` keeping the aspect (bilinear, torchvision Resize's default for PIL
+  images; the long side int(size * long / short)) and keeps the central square (torchvision
+  CenterCrop's rounding)."""
+  if how == "square":
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+  if how != "shorter":
+    raise errors.UserError(f"unknown data.load_resize {how!r}; valid: {list(LOAD_RESIZES)}")
+  h, w = image.shape[:2]
+  nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+  if (nh, nw) != (h, w):
+    image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+  top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+  return image[top:top + size, left:left + size]
+
+
+@dataclasses.dataclass
+class _Relabelled:
+  """The records of a split without some classes: record i is `records[keep[i]]` with its label
+  mapped through `mapping` (old label -> new, contiguous)."""
+
+  records: Any
+  keep: np.ndarray
+  mapping: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.keep)
+
+  def __getitem__(self, i):
+    example = dict(self.records[int(self.keep[i])])
+    example["label"] = int(self.mapping[example["label"]])
+    return example
+
+
+def without_classes(records, names: list, exclude) -> tuple[Any, list]:
+  """(records, class names) with the classes named in `exclude` removed and the other labels
+  renumbered in order (e.g. Caltech-101 without TFDS's `background_google`: 101 classes, as
+  torchvision's loader). Reads every label once."""
+  exclude = [e for e in exclude if e]
+  unknown = sorted(set(exclude) - set(names))
+  if unknown:
+    raise errors.UserError(f"data.exclude_classes {unknown} are not classes of this dataset "
+                           f"(its classes: {names[:12]}{' ...' if len(names) > 12 else ''})")
+  dropped = np.isin(np.asarray(names), exclude)
+  mapping = np.where(dropped, -1, np.cumsum(~dropped) - 1)
+  labels = np.asarray([records[i]["label"] for i in range(len(records))], np.int64)
+  keep = np.flatnonzero(~dropped[labels])
+  return _Relabelled(records, keep, mapping), [n for n, d in zip(names, dropped) if not d]
 
 
 def dataset_builder(cfg) -> tfds.core.DatasetBuilder:
@@ -155,10 +211,12 @@ def open_source(cfg, split: str) -> Source:
         f"tfds build {cfg.name} --file_format=array_record --data_dir={data_dir}`, or set "
         f"--config.data.download=True (needs tensorflow-cpu), or point "
         f"--config.data.data_dir at a prepared copy. ({type(e).__name__}: {cause})") from e
-  label = builder.info.features["label"]
-  return Source(name=cfg.name, split=split, records=records, num_classes=label.num_classes,
-                class_names=list(label.names), load_size=cfg.load_size or None,
-                keep_in_memory=cfg.in_memory)
+  names = list(builder.info.features["label"].names)
+  if cfg.exclude_classes:
+    records, names = without_classes(records, names, cfg.exclude_classes)
+  return Source(name=cfg.name, split=split, records=records, num_classes=len(names),
+                class_names=names, load_size=cfg.load_size or None,
+                load_resize=cfg.load_resize, keep_in_memory=cfg.in_memory)
 
 
 def open_synthetic(directory: str, cfg, real: Source) -> Source:
@@ -181,7 +239,8 @@ def open_synthetic(directory: str, cfg, real: Source) -> Source:
                      f"{real.name}'s class names (synth config data.name={real.name!r})")
   return Source(name=f"{real.name}+{builder.info.name}", split="train",
                 records=builder.as_data_source(split="train"), num_classes=real.num_classes,
-                class_names=names, load_size=cfg.load_size or None, keep_in_memory=cfg.in_memory)
+                class_names=names, load_size=cfg.load_size or None,
+                load_resize=cfg.load_resize, keep_in_memory=cfg.in_memory)
 
 
 @dataclasses.dataclass
