@@ -23,11 +23,11 @@ student on one task, against the same student from scratch and pre-trained + fin
 Every value below is the reference's (sfarhat/dapt at ccdbeb1; file:line there) or says why
 not. The full table: experiments/README.md "Paper A's recipe".
 - Teachers: torchvision ResNet-50 IMAGENET1K_V2 and ViT-B/16 IMAGENET1K_V1 (utils/utils.py:53-56),
-  which have no transformers-format copy on the Hub. Closest: microsoft/resnet-50 (ResNet-50
-  v1.5 on ImageNet-1k; torchvision's V2 recipe reaches 80.9% ImageNet top-1, this checkpoint
-  ~76-79%: same data, weaker recipe) and facebook/deit-base-patch16-224 (a plain ViT-B/16
-  trained on ImageNet-1k only with DeiT's recipe, 81.8%; IMAGENET1K_V1 is 81.1%; its model card
-  says it loads as ViTForImageClassification: not checked here, no network).
+  which have no transformers-format copy on the Hub. Closest: microsoft/resnet-50 (a ResNet-50
+  v1.5 on ImageNet-1k: the same data, not torchvision's stronger V2 recipe) and
+  facebook/deit-base-patch16-224 (a plain ViT-B/16 trained on ImageNet-1k only, as
+  IMAGENET1K_V1 is, with DeiT's recipe; its model card says it loads as
+  ViTForImageClassification: not checked here, no network).
   google/vit-base-patch16-224 is ImageNet-21k pre-trained: more data than the reference's.
 - Students: torchvision resnet18 / mobilenet_v2, random init (distill.py:62); the fine-tune
   baseline starts from ResNet18 DEFAULT (IMAGENET1K_V1) / MobileNet_V2 DEFAULT (IMAGENET1K_V2)
@@ -41,10 +41,11 @@ not. The full table: experiments/README.md "Paper A's recipe".
   unif 1 (t 2, mean of student and teacher); mlp heads to 128-d (models/projector.py:32-40).
 - Data (utils/datasets.py:691-857): ImageNet mean/std; CIFAR Resize(256) + RandomCrop(224) +
   flip; the others RandomResizedCrop(224) (torchvision defaults, 10 tries) + flip; test
-  Resize(256) + CenterCrop(224) everywhere (data.load_resize=shorter: the short side to 256,
-  then the central 256 x 256 is stored, which holds the 224 eval crop exactly). Not the same:
-  the random-resized crop is drawn from that central square, not the whole image (the long
-  side's outer parts, 1 - 1/aspect of the image, are never seen in training).
+  Resize(256) + CenterCrop(224) everywhere. The non-CIFAR images are stored whole with their
+  short side at 256 (data.load_resize=shorter_full; a canvas up to 2:1, data.max_aspect, longer
+  ones centre-cropped to 2:1): the random-resized crop is drawn from the whole image and the
+  eval view is the central 224 of it. Not the same: the crop is taken from the image at short
+  side 256, not from the original file (small crops are upsampled from fewer pixels).
 - Caltech-101: 101 classes (torchvision drops BACKGROUND_Google: data.exclude_classes) and the
   first 80% of each class in file order for training, the rest for testing (datasets.py:
   845-857); here train+test pooled, 20% of each class held out by data.subset_seed (`val`, no
@@ -187,8 +188,8 @@ def set_data(d, task: str) -> None:
   if task.startswith("cifar"):  # Resize(256) + RandomCrop(224) + flip (square images)
     d.augment.kind = "crop_flip"
     d.augment.pad = 0
-  else:  # RandomResizedCrop(224) + flip, from the aspect-kept image
-    d.load_resize = "shorter"
+  else:  # RandomResizedCrop(224) + flip, from the whole aspect-kept image
+    d.load_resize = "shorter_full"
     d.augment.kind = "rrc_flip"
 
 

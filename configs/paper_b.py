@@ -33,13 +33,15 @@ file:line there) or says why not. The full table: experiments/README.md "Paper B
   bicubic; mean/std: OpenAI CLIP's for H and g, timm's Inception 0.5/0.5 for L (timm
   vision_transformer.py:1515-1526). Features: the final-LayerNorm CLS token (CLIP: before the
   projection), as timm's num_classes=0 pooled output (save_features.py:67, models.py:157-167).
-  `teacher.views` gives each teacher that view, made on the device from the student's image.
+  `teacher.views` gives each teacher that view, made on the device from the student's image
+  (its central 224 px): the reference's teachers read the original image (DINOv2: its central
+  square at 518 px), so ours see a little less of it, upsampled.
 - Students: the reference's timm vit_small_patch16_224.augreg_in1k and resnet50.a1_in1k
   (README.md:105,107) have no transformers-format port. vit_s = facebook/deit-small-patch16-224:
   a supervised ViT-S/16 trained on ImageNet-1k only, like augreg_in1k (its model card: loads as
-  ViTForImageClassification; 79.9% vs augreg_in1k's 78.8% ImageNet top-1; not checked here: no
-  network). resnet50 = microsoft/resnet-50 (ImageNet-1k, torchvision-style recipe, ~76% vs
-  a1_in1k's 80.4%). Both differ in pre-training recipe, not in data.
+  ViTForImageClassification; not checked here: no network). resnet50 = microsoft/resnet-50
+  (ImageNet-1k, a ResNet-50 v1.5, not timm's stronger A1 recipe). Both differ in pre-training
+  recipe, not in data.
 - Student input: the reference trains without augmentation (run.py:16 asserts it for every
   transfer method) on the student's timm eval transform: resize the short side to 224/crop_pct,
   centre-crop 224 (ViT-S: crop_pct 0.9; ResNet-50: 0.95). Here: data.load_resize=shorter at

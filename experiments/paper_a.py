@@ -66,6 +66,7 @@ class Step:
   module: str = "kdjax.main"
   choose: tuple = ()  # ((beta, tuning workdir), ...): "{beta}" = the best validation accuracy
   default_beta: float | None = None  # shown by --dry_run while the tuning has not finished
+  images: int | None = None  # kdjax.generate: how many images it makes (cost estimate)
 
   def args(self) -> list:
     return [f"--config={self.config}", f"--workdir={self.workdir}", *self.overrides]
@@ -200,8 +201,12 @@ def execute(steps, root: str, *, dry_run=False, keep_going=False, tflops=50.0, r
             f"est. {est['flops']:.2e} FLOPs, {est['steps']} steps, "
             f"{est['flops'] / (tflops * 1e12) / 3600:.2f} GPU-h at {tflops:g} TFLOP/s")
       else:
-        est, note = None, ("Stable Diffusion sampling, not estimated here (measure it with "
-                           "experiments/benchmark_generate.py)")
+        flops = generation_flops(step.images) if step.images else None
+        est = {"flops": flops} if flops else None
+        note = "unknown cost" if est is None else (
+            f"est. {flops:.2e} FLOPs, {step.images} images of Stable Diffusion at 512 px, 50 "
+            f"steps + guidance, {flops / (tflops * 1e12) / 3600:.2f} GPU-h at {tflops:g} "
+            "TFLOP/s")
       total_flops += est["flops"] if est and not done else 0.0
       print(f"# [{i}/{n}] {step.name}: {note}{beta_note}{' (finished: skipped)' if done else ''}",
             file=out)
@@ -266,7 +271,6 @@ VIT_SHAPES = {
     "google/vit-base-patch16-224": (768, 12, 3072, 16),
     "facebook/deit-base-patch16-224": (768, 12, 3072, 16),
     "facebook/deit-small-patch16-224": (384, 12, 1536, 16),
-    "WinKawaks/vit-small-patch16-224": (384, 12, 1536, 16),
     "facebook/dinov2-small": (384, 12, 1536, 14),
     "facebook/dinov2-base": (768, 12, 3072, 14),
     "facebook/dinov2-large": (1024, 24, 4096, 14),
@@ -308,6 +312,17 @@ SPLIT_SIZES = {
 # 30 in TFDS's train split, 437 in its test split, 467 in all)
 CLASS_SIZES = {("caltech101", "background_google", "train"): 30,
                ("caltech101", "background_google", "test"): 437}
+
+
+# XLA's count for kdjax.generate's sampler on the Stable Diffusion v1 architecture at 512 px,
+# 25 steps with classifier-free guidance (BENCHMARKS.md, experiments/benchmark_generate.py
+# --arch=sd-v1): 41.9 TFLOP per image; the grid's 50 steps: twice that (an upper bound: the one
+# VAE decode per image is counted twice).
+SD_TFLOP_PER_IMAGE_25_STEPS = 41.9
+
+
+def generation_flops(images: int, steps: int = 50) -> float:
+  return images * SD_TFLOP_PER_IMAGE_25_STEPS * 1e12 * steps / 25
 
 
 def _split_size(name, split, exclude=()):
@@ -574,9 +589,12 @@ def plan(root, teachers=None, students=None, tasks=None, arms=None, seeds=(0,), 
     synth = None
     if any(a in SYNTH_ARMS for a in task_arms):
       synth = os.path.join(root, f"synth_{task}_2x")
+      name, train_split, _, val_fraction = PA.TASKS[task]
+      n_real = _split_size(name, train_split, PA.EXCLUDE.get(task, ()))
       steps.append(Step(f"synth_{task}_2x", synth,
                         f"{config_path('synth/paper_a.py')}:task={task},multiple=2,{SYNTH_ARG}",
-                        (), (None, None, task, "synthetic"), None, module="kdjax.generate"))
+                        (), (None, None, task, "synthetic"), None, module="kdjax.generate",
+                        images=2 * round(n_real * (1 - val_fraction)) if n_real else None))
     for student in students:
       for seed in seeds:
         for arm in task_arms:

@@ -4,11 +4,12 @@ r"""Plots collected paper results (ROOT/results.json of experiments/paper_a.py /
   python experiments/plot_papers.py runs/paper_a/results.json --out=paper_a.png
 
 Paper A: one panel per student, tasks on the x axis, the arms side by side (scratch, pre-trained
-+ fine-tuned, distilled from each teacher, the adapted teachers themselves). Paper B: one panel
-per (student, pre-trained model set), datasets on the x axis, the arms side by side (stl,
-feature_kd, kd, aft). Bars: ours (final accuracy, mean over the finished seeds, error bar: its
-95% confidence interval); black diamonds: the paper's reported number where our sources give
-one; "n/a": no finished run yet.
++ fine-tuned, distilled from each teacher, also with 1x / 2x synthetic images, the adapted
+teachers themselves). Paper B: one panel per (student, pre-trained model set), datasets on the
+x axis, the arms side by side (stl, feature_kd, kd, aft_no_kernel, aft; not the tuning runs).
+Bars: ours (final accuracy, mean over the finished seeds, error bar: its 95% confidence
+interval); black diamonds: the paper's reported number where our sources give one; "n/a": no
+finished run yet.
 Works with any subset of results (missing cells, missing panels, nothing at all).
 """
 
@@ -38,7 +39,9 @@ def panels(result):
     for s in students:
       series = [(arm, lambda x, s=s, arm=arm: (None, s, x, arm))
                 for arm in ("scratch", "finetune") if arm in arms]
-      series += [(f"distill <- {t}", lambda x, s=s, t=t: (t, s, x, "distill")) for t in teachers]
+      series += [(f"{arm} <- {t}", lambda x, s=s, t=t, arm=arm: (t, s, x, arm))
+                 for arm in ("distill", "distill_syn1x", "distill_syn2x") if arm in arms
+                 for t in teachers]
       series += [(f"teacher {t} (probe)", lambda x, t=t: (t, None, x, "teacher"))
                  for t in _unique(c["teacher"] for c in cells if c["arm"] == "teacher")]
       out.append((f"student {s}", xs, series))
@@ -47,7 +50,8 @@ def panels(result):
     for t in teachers or [None]:
       series = [("stl", lambda x, s=s: (None, s, x, "stl"))] if "stl" in arms else []
       series += [(arm, lambda x, s=s, t=t, arm=arm: (t, s, x, arm))
-                 for arm in ("feature_kd", "kd", "aft") if arm in arms and t is not None]
+                 for arm in ("feature_kd", "kd", "aft_no_kernel", "aft")
+                 if arm in arms and t is not None]
       out.append((f"student {s}, pre-trained {t or '-'}", xs, series))
   return out, max(1, len(teachers))
 

@@ -156,8 +156,12 @@ def base() -> ml_collections.ConfigDict:
   c.data.prefetch = 4  # streaming: batches decoded ahead
   c.data.load_size = config_dict.placeholder(int)  # resize on load (needed for mixed sizes)
   # square: warp to load_size x load_size | shorter: the short side to load_size (aspect kept),
-  # then the central square (torchvision Resize + CenterCrop: no distortion)
+  # then the central square (torchvision Resize + CenterCrop: no distortion) | shorter_full:
+  # the whole aspect-kept image (the random-resized crop draws from all of it; the eval view is
+  # still the central crop), stored on a load_size x round(load_size x max_aspect) canvas
+  # (portrait images transposed; longer images centre-cropped to max_aspect)
   c.data.load_resize = "square"
+  c.data.max_aspect = 2.0
   # label names left out of every split, the other labels renumbered (Caltech-101's
   # background_google: the reference's 101 classes)
   c.data.exclude_classes = ()
@@ -242,6 +246,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("data.fraction", "data.synthetic_fraction"):
     check(key, lambda v: 0 < v <= 1, "in (0, 1] (or None: unset)", none_ok=True)
   check("data.eval_crop_fraction", lambda v: 0 < v <= 1, "in (0, 1]")
+  check("data.max_aspect", lambda v: v >= 1, ">= 1")
+  if c.data.load_resize == "shorter_full" and c.data.augment.kind == "crop_flip":
+    raise errors.UserError("data.augment.kind='crop_flip' crops a square image: with "
+                           "data.load_resize='shorter_full' use rrc_flip (or none), or "
+                           "load_resize='shorter'")
   for name in ("total", "optimizer.warmup"):
     if get(c, f"{name}_steps") is not None and get(c, f"{name}_epochs") is not None:
       raise errors.UserError(f"set only one of {name}_steps and {name}_epochs (got "

@@ -109,7 +109,8 @@ def spec(config, rows: np.ndarray, teacher_records: list, distiller) -> dict:
                "augment": d.augment.to_dict(), "mean": list(d.mean), "std": list(d.std),
                "synthetic": [_synthetic_identity(p) for p in d.synthetic.split(",") if p],
                "synthetic_per_class": d.synthetic_per_class,
-               "synthetic_fraction": d.synthetic_fraction},
+               "synthetic_fraction": d.synthetic_fraction,
+               **_view_keys(d)},
       "views": int(config.teacher.cache_views),
       # what turns a view's seed into its crop/flip
       "jax": {"version": jax.__version__, "prng": str(jax.config.jax_default_prng_impl),
@@ -118,6 +119,19 @@ def spec(config, rows: np.ndarray, teacher_records: list, distiller) -> dict:
       "logit_teachers": len(distiller.kd_teachers),
       "num_classes": distiller.num_classes,
   }
+
+
+def _view_keys(d) -> dict:
+  """What else shapes the cached views, listed only when it differs from the defaults it had
+  before it existed (so the caches made before keep their identity)."""
+  out = {}
+  if d.load_resize != "square":
+    out.update(load_resize=d.load_resize, max_aspect=d.max_aspect)
+  if d.load_resize != "square" or d.augment.kind == "none":  # "none": the eval view
+    out["eval_crop_fraction"] = d.eval_crop_fraction
+  if d.exclude_classes:
+    out["exclude_classes"] = list(d.exclude_classes)
+  return out
 
 
 def _json_roundtrip(x):

@@ -186,13 +186,15 @@ def test_paper_a_prepares_mit_indoor67_as_a_local_tfds_dataset(tmp_path):
   train_src = sources.open_source(data, data.train_split)
   images, labels = train_src.read(np.arange(len(train_src)))
   assert train_src.num_classes == 2 and train_src.class_names == ["airport_inside", "bakery"]
-  assert images.shape == (4, 256, 256, 3) and sorted(labels.tolist()) == [0, 0, 1, 1]
-  # the short side to 256, aspect kept, the central 256 x 256: 12 x 10 -> 307 x 256 -> rows
-  # 26:282 (torchvision Resize(256) + CenterCrop(256): int(round(51 / 2)) = 26)
+  assert images.shape == (4, 256, 512, 4) and sorted(labels.tolist()) == [0, 0, 1, 1]
+  # stored whole (data.load_resize=shorter_full): the short side to 256, aspect kept; the 12 x 10
+  # portrait image -> 307 x 256, stored transposed on a 256 x 512 canvas (its last column
+  # repeated), channel 3 marking it
   want = [np.asarray(Image.fromarray(np.asarray(Image.open(
       src / "Images" / "airport_inside" / f"{i}.jpg").convert("RGB"))).resize(
-          (256, 307), Image.BILINEAR))[26:282] for i in (0, 1)]
-  got = images[labels == 0]
-  assert any(np.array_equal(got[0], w) for w in want)
-  assert any(np.array_equal(got[1], w) for w in want)
+          (256, 307), Image.BILINEAR)).transpose(1, 0, 2) for i in (0, 1)]
+  for got in images[labels == 0]:
+    assert any(np.array_equal(got[:, :307, :3], w) for w in want)
+    np.testing.assert_array_equal(got[:, 307:, :3], np.repeat(got[:, 306:307, :3], 205, 1))
+    assert set(np.unique(got[:, :307, 3])) == {128} and not got[:, 307:, 3].any()
   assert len(sources.open_source(data, data.test_split)) == 2

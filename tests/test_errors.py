@@ -72,7 +72,7 @@ def test_unknown_student(finished_run, tfds_dir):
 
 def test_unknown_loss_setting(finished_run, tfds_dir):
   line = _train(finished_run, tfds_dir, "--config.loss.aft_kernel=rbff")
-  assert line == "error: unknown loss.aft_kernel 'rbff'; valid: ['linear', 'rbf']"
+  assert line == "error: unknown loss.aft_kernel 'rbff'; valid: ['linear', 'none', 'rbf']"
 
 
 def test_a_mean_that_is_not_three_numbers(finished_run, tfds_dir):

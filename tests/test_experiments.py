@@ -211,8 +211,8 @@ def test_collect_puts_our_number_next_to_the_papers(tmp_path, monkeypatch):
 
 def test_run_skips_finished_steps_and_waits_for_the_adapted_teacher(tmp_path):
   root = str(tmp_path)
-  steps = paper_a.plan(root, ["resnet50"], ["resnet18"], ["dtd"], ["distill", "scratch", "finetune"],
-                       seeds=(0,))
+  steps = paper_a.plan(root, ["resnet50"], ["resnet18"], ["dtd"],
+                       ["distill", "scratch", "finetune"], seeds=(0,))
   assert [s.name for s in steps] == ["adapt_resnet50_dtd", "distill_resnet50_resnet18_dtd_s0",
                                      "scratch_resnet18_dtd_s0", "finetune_resnet18_dtd_s0"]
   _finished_run(steps[2].workdir, 0.5)
@@ -280,3 +280,36 @@ def test_plot_writes_a_png_from_partial_results(tmp_path, monkeypatch):
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   empty = {"paper": "B", "root": "r", "metric": "", "cells": [], "runs": [], "claims": []}
   assert plot_papers.plot(empty, str(tmp_path / "empty.png"))["panels"] == 1
+
+
+def test_paper_b_final_runs_take_the_beta_chosen_on_validation(tmp_path):
+  """The reference's order: tuning runs on the validation hold-out, then the final run with
+  the best beta (the smallest on a tie); `collect` reports it. A final run waits for its
+  tuning."""
+  root = str(tmp_path)
+  steps = paper_b.plan(root, ["dinov2_l"], ["vit_s"], ["pets"], ["aft"], seeds=(0,),
+                       betas=(1.0, 3.0, 10.0))
+  assert [s.name for s in steps] == [f"tune_aft_dinov2_l_vit_s_pets_b{b}" for b in (1, 3, 10)] + [
+      "aft_dinov2_l_vit_s_pets_s0"]
+  final = steps[-1]
+  calls = []
+
+  def runner(step, log_path):
+    calls.append(step.config)
+    _finished_run(step.workdir, 0.5)
+    return 0
+
+  assert paper_a.execute([final], root, runner=runner, out=io.StringIO()) == [final.name]
+  assert calls == []  # its tuning has not finished
+  for step, acc in zip(steps[:3], (0.80, 0.86, 0.86)):
+    _finished_run(step.workdir, acc, split="val")
+  assert paper_a.chosen_beta(final) == (3.0, {1.0: 0.80, 3.0: 0.86, 10.0: 0.86})
+  assert paper_a.execute([final], root, runner=runner, out=io.StringIO()) == []
+  assert calls == [final.config.replace("{beta}", "3")] and ",beta=3,val=0" in calls[0]
+  out = io.StringIO()
+  assert paper_b.main(["collect", f"--root={root}", "--teachers=dinov2_l", "--students=vit_s",
+                       "--datasets=pets", "--arms=aft", "--seeds=0", "--betas=1,3,10"],
+                      out=out) == 0
+  with open(os.path.join(root, "results.json")) as f:
+    cells = {c["arm"]: c for c in json.load(f)["cells"]}
+  assert cells["aft"]["beta"] == 3.0 and cells["tune:aft:b3"]["split"] == "val"

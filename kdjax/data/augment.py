@@ -18,6 +18,11 @@ Kinds:
   same augmented batch).
 - "none": no augmentation: the deterministic eval view (`preprocess_eval`).
 `flip=False` disables flipping (digits and text are not mirror-symmetric).
+
+Images stored whole (data.load_resize=shorter_full: [S, L, 4] canvases, see
+kdjax.data.sources.resize_on_load) give rrc_flip's crop box drawn from the whole image and the
+eval view's central crop of the whole image; a transposed (portrait) image is cropped in its
+stored orientation and its crop transposed back, which draws the same boxes.
 """
 
 import math
@@ -40,27 +45,28 @@ def _crop(image, key, size, pad):
 
 
 RRC_TRIES = 10  # torchvision RandomResizedCrop.get_params
+FULL_UPRIGHT, FULL_TRANSPOSED = 255, 128  # a whole-image canvas' 4th channel (sources)
 
 
-def rrc_box(key, h: int, w: int, scale, ratio):
+def rrc_box(key, h, w, scale, ratio):
   """torchvision RandomResizedCrop.get_params: (top, left, crop_h, crop_w) as int32 scalars.
   Up to 10 draws of (area fraction, log-uniform aspect); the first whose rounded box fits is
-  taken; if none fits, the central crop with the aspect clamped to `ratio`."""
+  taken; if none fits, the central crop with the aspect clamped to `ratio`. h, w: ints or int32
+  scalars (an image's size on a canvas)."""
   k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
-  area = h * w * jax.random.uniform(k_area, (RRC_TRIES,), minval=scale[0], maxval=scale[1])
+  h, w = jnp.asarray(h, jnp.int32), jnp.asarray(w, jnp.int32)
+  hf, wf = h.astype(jnp.float32), w.astype(jnp.float32)
+  area = hf * wf * jax.random.uniform(k_area, (RRC_TRIES,), minval=scale[0], maxval=scale[1])
   aspect = jnp.exp(jax.random.uniform(k_ratio, (RRC_TRIES,), minval=math.log(ratio[0]),
                                       maxval=math.log(ratio[1])))
   cw = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
   ch = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
   fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
   first = jnp.argmax(fits)
-  in_ratio = w / h  # the fallback (static: the image size is)
-  if in_ratio < min(ratio):
-    fw, fh = w, int(round(w / min(ratio)))
-  elif in_ratio > max(ratio):
-    fw, fh = int(round(h * max(ratio))), h
-  else:
-    fw, fh = w, h
+  in_ratio = wf / hf  # the fallback
+  narrow, wide = in_ratio < min(ratio), in_ratio > max(ratio)
+  fw = jnp.where(wide, jnp.round(hf * max(ratio)).astype(jnp.int32), w)
+  fh = jnp.where(narrow, jnp.round(wf / min(ratio)).astype(jnp.int32), h)
   found = fits[first]
   crop_h = jnp.where(found, ch[first], fh)
   crop_w = jnp.where(found, cw[first], fw)
@@ -69,14 +75,35 @@ def rrc_box(key, h: int, w: int, scale, ratio):
   return top, left, crop_h, crop_w
 
 
-def _random_resized_crop(image, key, size, scale, ratio):
+def canvas_geometry(images):
+  """(image width [B] int32, transposed [B] bool) of whole-image canvases [B, S, L, 4]."""
+  mark = images[:, 0, :, 3]
+  return jnp.sum(mark > 0, axis=1).astype(jnp.int32), mark[:, 0] == FULL_TRANSPOSED
+
+
+def _random_resized_crop(image, key, size, scale, ratio, width=None, transposed=None):
+  """The crop of `rrc_box`, resized to size x size (antialiased). On a canvas (`width`: the
+  image's columns; the padding repeats its last column), the box is drawn inside the image and
+  a transposed image's crop is transposed back."""
   h, w = image.shape[:2]
+  w = w if width is None else width
   y0, x0, crop_h, crop_w = (v.astype(jnp.float32) for v in rrc_box(key, h, w, scale, ratio))
   sy, sx = size / crop_h, size / crop_w
   # scale_and_translate maps input coordinate u to output u * s + t.
-  return jax.image.scale_and_translate(
-      image, (size, size, image.shape[2]), (0, 1), jnp.stack([sy, sx]),
-      jnp.stack([-y0 * sy, -x0 * sx]), method="linear", antialias=True)
+  # Crop, then resize (torchvision's resized_crop): the antialiasing filter reads only the box.
+  # A resize of the whole image would also read the pixels around it; resizing the image
+  # masked to the box and dividing by the resized mask keeps each output pixel's filter
+  # weights on the box, renormalised, as resizing the cropped image alone does (PIL, torch).
+  rows, cols = jnp.arange(h, dtype=jnp.float32), jnp.arange(image.shape[1], dtype=jnp.float32)
+  inside = (((rows >= y0) & (rows < y0 + crop_h))[:, None]
+            & ((cols >= x0) & (cols < x0 + crop_w))[None, :]).astype(image.dtype)[..., None]
+  both = jax.image.scale_and_translate(
+      jnp.concatenate([image * inside, inside], -1), (size, size, image.shape[2] + 1), (0, 1),
+      jnp.stack([sy, sx]), jnp.stack([-y0 * sy, -x0 * sx]), method="linear", antialias=True)
+  out = both[..., :-1] / jnp.maximum(both[..., -1:], 1e-12)
+  if transposed is not None:
+    out = jnp.where(transposed, out.transpose(1, 0, 2), out)
+  return out
 
 
 def augment(images_uint8, key, cfg):
@@ -94,13 +121,22 @@ def augment_keys(images_uint8, keys, cfg):
   size = cfg.image_size
   x = images_uint8.astype(jnp.float32)
   kind = cfg.augment.kind
+  full = x.shape[-1] == 4  # whole-image canvases (data.load_resize=shorter_full)
   if kind == "crop_flip":
+    if full:
+      raise errors.UserError("data.augment.kind='crop_flip' needs square images: with "
+                             "data.load_resize='shorter_full' use rrc_flip")
     if min(x.shape[1:3]) < size:
       x = resize(x, size)
     x = jax.vmap(lambda im, k: _crop(im, k, size, cfg.augment.pad))(x, keys)
   elif kind in ("rrc_flip", "rrc_flip_diffaug"):
-    x = jax.vmap(lambda im, k: _random_resized_crop(
-        im, k, size, tuple(cfg.augment.scale), tuple(cfg.augment.ratio)))(x, keys)
+    scale, ratio = tuple(cfg.augment.scale), tuple(cfg.augment.ratio)
+    if full:
+      width, transposed = canvas_geometry(x)
+      x = jax.vmap(lambda im, k, w, t: _random_resized_crop(
+          im[..., :3], k, size, scale, ratio, w, t))(x, keys, width, transposed)
+    else:
+      x = jax.vmap(lambda im, k: _random_resized_crop(im, k, size, scale, ratio))(x, keys)
   elif kind == "none":
     return preprocess_eval(images_uint8, cfg)
   else:
@@ -241,12 +277,30 @@ def preprocess_eval(images_uint8, cfg):
   fraction 224/256: torchvision's Resize(256) + CenterCrop(224)."""
   x = images_uint8.astype(jnp.float32)
   frac = cfg.eval_crop_fraction
+  if x.shape[-1] == 4:  # a whole-image canvas: the central crop of the image, upright
+    return normalise_float(resize(_central_crops(x, frac), cfg.image_size), cfg.mean, cfg.std)
   if frac < 1.0:
     h, w = x.shape[1:3]
     ch, cw = int(round(h * frac)), int(round(w * frac))
     y0, x0 = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
     x = x[:, y0:y0 + ch, x0:x0 + cw]
   return normalise_float(resize(x, cfg.image_size), cfg.mean, cfg.std)
+
+
+def _central_crops(x, frac):
+  """[B, S, L, 4] canvases -> [B, c, c, 3]: the central c x c of each image, c = round(S x
+  frac) (S: every image's short side), transposed back where it was stored transposed."""
+  s = x.shape[1]
+  c = int(round(s * frac))
+  top = int(round((s - c) / 2.0))
+  width, transposed = canvas_geometry(x)
+
+  def one(im, w, t):
+    left = jnp.round((w - c) / 2.0).astype(jnp.int32)
+    out = jax.lax.dynamic_slice(im[..., :3], (top, left, 0), (c, c, 3))
+    return jnp.where(t, out.transpose(1, 0, 2), out)
+
+  return jax.vmap(one)(x, width, transposed)
 
 
 def resize(x, size):

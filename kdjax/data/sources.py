@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from kdjax import errors
-from kdjax.data import embedded
+from kdjax.data import augment, embedded
 
 # Datasets whose builders ship with kdjax (prepared locally, no network).
 LOCAL_BUILDERS = {embedded.NAME: embedded.KdjaxDigits,
@@ -40,8 +40,10 @@ class Source:
   class_names: list
   load_size: int | None = None  # resize every image to load_size x load_size when set
   # "square": resize to load_size x load_size | "shorter": the short side to load_size (aspect
-  # kept), then the central load_size x load_size (torchvision Resize(s) + CenterCrop(s))
+  # kept), then the central load_size x load_size (torchvision Resize(s) + CenterCrop(s)) |
+  # "shorter_full": the whole aspect-kept image on a canvas (`resize_on_load`)
   load_resize: str = "square"
+  max_aspect: float = 2.0  # shorter_full: the canvas' long side is load_size x this
   keep_in_memory: bool = False  # decode the whole split once, on first use, and keep it
   _cache: tuple | None = dataclasses.field(default=None, init=False, repr=False)
 
@@ -73,29 +75,61 @@ class Source:
       image = image[..., None]
     if image.shape[-1] == 1:  # grey-scale -> RGB so every model and teacher sees 3 channels
       image = np.repeat(image, 3, axis=-1)
+    if self.load_resize == "shorter_full":
+      return resize_on_load(image, self.load_size, self.load_resize, self.max_aspect)
     if self.load_size and image.shape[:2] != (self.load_size, self.load_size):
       image = resize_on_load(image, self.load_size, self.load_resize)
     return image
 
 
-LOAD_RESIZES = ("square", "shorter")  # data.load_resize
+LOAD_RESIZES = ("square", "shorter", "shorter_full")  # data.load_resize
+# shorter_full's 4th channel: 0 on the canvas' padding; on the image, whether it was transposed
+# (a portrait image stored as a landscape one)
+FULL_UPRIGHT, FULL_TRANSPOSED = augment.FULL_UPRIGHT, augment.FULL_TRANSPOSED
 
 
-def resize_on_load(image: np.ndarray, size: int, how: str = "square") -> np.ndarray:
-  """uint8 [H,W,3] -> [size,size,3]: "square" warps the image (bicubic); "shorter" resizes the
-  short side to `size` keeping the aspect (bilinear, torchvision Resize's default for PIL
-  images; the long side int(size * long / short)) and keeps the central square (torchvision
-  CenterCrop's rounding)."""
+def canvas_width(size: int, max_aspect: float) -> int:
+  return max(size, int(round(size * max_aspect)))
+
+
+def resize_on_load(image: np.ndarray, size: int, how: str = "square",
+                   max_aspect: float = 2.0) -> np.ndarray:
+  """uint8 [H,W,3] -> the stored image.
+
+  square: [size,size,3], the image warped (bicubic). shorter: [size,size,3], the short side
+  resized to `size` keeping the aspect (bilinear, torchvision Resize's default for PIL images;
+  the long side int(size * long / short)), then the central square (torchvision CenterCrop's
+  rounding). shorter_full: [size, L, 4], L = canvas_width(size, max_aspect): the same resize,
+  a portrait image transposed to landscape, its long side centre-cropped to L only beyond
+  max_aspect, then padded to L by repeating its last column; channel 3 marks the image's
+  columns (FULL_UPRIGHT, or FULL_TRANSPOSED) and the padding (0). The random-resized crop and
+  the eval view (kdjax.data.augment) are taken from the whole image, as torchvision's from the
+  original."""
   if how == "square":
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
-  if how != "shorter":
+  if how not in LOAD_RESIZES:
     raise errors.UserError(f"unknown data.load_resize {how!r}; valid: {list(LOAD_RESIZES)}")
   h, w = image.shape[:2]
   nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
   if (nh, nw) != (h, w):
     image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
-  top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
-  return image[top:top + size, left:left + size]
+  if how == "shorter":
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    return image[top:top + size, left:left + size]
+  transposed = nh > nw
+  if transposed:
+    image = image.transpose(1, 0, 2)
+  width = canvas_width(size, max_aspect)
+  if image.shape[1] > width:
+    left = int(round((image.shape[1] - width) / 2.0))
+    image = image[:, left:left + width]
+  n = image.shape[1]
+  out = np.empty((size, width, 4), np.uint8)
+  out[:, :n, :3] = image
+  out[:, n:, :3] = image[:, -1:]
+  out[:, :n, 3] = FULL_TRANSPOSED if transposed else FULL_UPRIGHT
+  out[:, n:, 3] = 0
+  return out
 
 
 @dataclasses.dataclass
@@ -212,11 +246,21 @@ def open_source(cfg, split: str) -> Source:
         f"--config.data.download=True (needs tensorflow-cpu), or point "
         f"--config.data.data_dir at a prepared copy. ({type(e).__name__}: {cause})") from e
   names = list(builder.info.features["label"].names)
-  if cfg.exclude_classes:
-    records, names = without_classes(records, names, cfg.exclude_classes)
+  exclude = cfg.get("exclude_classes", ())
+  if exclude:
+    records, names = without_classes(records, names, exclude)
   return Source(name=cfg.name, split=split, records=records, num_classes=len(names),
-                class_names=names, load_size=cfg.load_size or None,
-                load_resize=cfg.load_resize, keep_in_memory=cfg.in_memory)
+                class_names=names, keep_in_memory=cfg.in_memory, **_load_args(cfg))
+
+
+def _load_args(cfg) -> dict:
+  """Source's resizing arguments from `config.data` (keys a partial config may lack)."""
+  how = cfg.get("load_resize", "square")
+  if how != "square" and not cfg.load_size:
+    raise errors.UserError(f"data.load_resize={how!r} resizes to data.load_size: set "
+                           "data.load_size (e.g. 256)")
+  return {"load_size": cfg.load_size or None, "load_resize": how,
+          "max_aspect": cfg.get("max_aspect", 2.0)}
 
 
 def open_synthetic(directory: str, cfg, real: Source) -> Source:
@@ -239,8 +283,7 @@ def open_synthetic(directory: str, cfg, real: Source) -> Source:
                      f"{real.name}'s class names (synth config data.name={real.name!r})")
   return Source(name=f"{real.name}+{builder.info.name}", split="train",
                 records=builder.as_data_source(split="train"), num_classes=real.num_classes,
-                class_names=names, load_size=cfg.load_size or None,
-                load_resize=cfg.load_resize, keep_in_memory=cfg.in_memory)
+                class_names=names, keep_in_memory=cfg.in_memory, **_load_args(cfg))
 
 
 @dataclasses.dataclass
