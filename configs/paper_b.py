@@ -45,7 +45,8 @@ file:line there) or says why not. The full table: experiments/README.md "Paper B
 - Student input: the reference trains without augmentation (run.py:16 asserts it for every
   transfer method) on the student's timm eval transform: resize the short side to 224/crop_pct,
   centre-crop 224 (ViT-S: crop_pct 0.9; ResNet-50: 0.95). Here: data.load_resize=shorter at
-  load_size = round(224 / crop_pct), augment.kind=none = that central crop (the eval view).
+  load_size = int(224 / crop_pct) (timm's floor), data.load_filter=bicubic (timm's), and
+  augment.kind=none = that central crop (the eval view).
 - Optimiser: Adam (coupled weight decay 0) lr 1e-4, batch 128 (README.md:43,59-62), cosine to 0
   without warm-up (train.py:138). The reference runs int(5000 / batches_per_epoch + 0.5) whole
   epochs and steps its cosine once per epoch (train.py:119-120,170): here 5,000 steps, cosine per
@@ -151,7 +152,8 @@ def get_config(arg=None):
   student, crop_pct = STUDENTS[arg.student]
   c.data.image_size = 224
   c.data.load_resize = "shorter"  # aspect kept: the short side to 224 / crop_pct ...
-  c.data.load_size = int(224 / crop_pct)  # ... (timm: floor(224 / crop_pct)) ...
+  c.data.load_size = int(224 / crop_pct)  # ... (timm: floor(224 / crop_pct)), bicubic ...
+  c.data.load_filter = "bicubic"
   c.data.eval_crop_fraction = 224 / c.data.load_size  # ... then the central 224
   c.data.augment.kind = "none"  # the reference: no augmentation, the eval view (run.py:16)
 

@@ -364,7 +364,8 @@ def estimate(step: Step, config=None, cache_made=False):
   gflops = steps * c.batch_size * per_image
   if c.teacher.mode == "cached" and not cache_made:
     gflops += n_train * c.teacher.cache_views * teacher
-  every = c.eval_every_steps
+  every = c.eval_every_steps or (
+      round(c.eval_every_epochs * (n_train // c.batch_size)) if c.eval_every_epochs else None)
   n_evals = (steps // every + (steps % every > 0)) if every else 1
   gflops += n_evals * (n_val + n_test) * student
   if c.loss.kd_weight > 0 and c.teacher.evaluate:
@@ -411,10 +412,12 @@ def read_run(workdir: str) -> dict:
     for key in ("teacher_accuracy", "agreement", "count"):
       if f"{split}/{key}" in final:
         out[key] = final[f"{split}/{key}"]
-  with open(os.path.join(workdir, FINISHED_FILE)) as f:
-    cost = json.load(f)
-  out.update({k: cost[k] for k in ("wall_time_s", "train_flops", "eval_flops", "total_flops",
-                                   "teacher_cache_flops") if k in cost})
+  cost_path = os.path.join(workdir, FINISHED_FILE)  # absent: a generated set (GENERATED_FILE)
+  if os.path.isfile(cost_path):
+    with open(cost_path) as f:
+      cost = json.load(f)
+    out.update({k: cost[k] for k in ("wall_time_s", "train_flops", "eval_flops", "total_flops",
+                                     "teacher_cache_flops") if k in cost})
   return out
 
 
@@ -422,8 +425,9 @@ def collect(steps, lookup, paper: str, root: str) -> dict:
   """Every planned run's result, and per table cell (seeds pooled) ours next to the paper's."""
   runs, by_cell, betas = [], {}, {}
   for step in steps:
-    if step.choose:  # the strength chosen on validation (None until tuned)
-      betas[step.cell] = chosen_beta(step)[0]
+    if step.choose:  # the strength a finished run trained with, else the one chosen now
+      used = _trained_beta(step)
+      betas.setdefault(step.cell, set()).add(used if used is not None else chosen_beta(step)[0])
     teacher, student, data, arm = step.cell
     run = {"name": step.name, "workdir": step.workdir, "teacher": teacher, "student": student,
            "data": data, "arm": arm, "seed": step.seed, **read_run(step.workdir)}
@@ -448,7 +452,7 @@ def collect(steps, lookup, paper: str, root: str) -> dict:
       status = "not run"
     cells.append({
         "teacher": teacher, "student": student, "data": data, "arm": arm,
-        "beta": betas.get((teacher, student, data, arm)),
+        "beta": _one(betas.get((teacher, student, data, arm))),
         "ours": mean, "ours_ci95": ci95, "ours_best": best, "ours_best_ci95": best_ci95,
         "seeds": [r["seed"] for r in done],
         "seeds_planned": [r["seed"] for r in group], "split": done[0]["split"] if done else None,
@@ -456,6 +460,27 @@ def collect(steps, lookup, paper: str, root: str) -> dict:
         "wall_time_h": sum(walls) / len(walls) / 3600 if walls else None})
   return {"paper": paper, "root": root, "metric": METRIC, "cells": cells, "runs": runs,
           "claims": [c for c in paper_numbers.CLAIMS if c["paper"] == paper]}
+
+
+# the config key of each strength arm's beta (configs/paper_b.py)
+BETA_KEYS = {"aft": "aft_weight", "aft_no_kernel": "aft_weight",
+             "feature_kd": "feature_kd_weight", "kd": "kd_weight"}
+
+
+def _trained_beta(step: Step):
+  """The beta a finished run trained with (its config.json), or None."""
+  path = os.path.join(step.workdir, "config.json")
+  if not is_finished(step.workdir) or not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    loss = json.load(f).get("loss", {})
+  return loss.get(BETA_KEYS.get(step.cell[3], ""))
+
+
+def _one(values):
+  """The single value of a set; a sorted list if the seeds' runs disagree; None if unknown."""
+  values = {v for v in (values or ()) if v is not None}
+  return None if not values else values.pop() if len(values) == 1 else sorted(values)
 
 
 def fmt_ours(cell, key="ours") -> str:
@@ -475,10 +500,10 @@ def markdown(result, title: str, columns, notes=()) -> str:
   """`columns`: (header, cell key) of the identifying columns, e.g. (("task", "data"), ...)."""
   lines = [f"# {title}", "", f"Results under `{result['root']}`; {result['metric']}. Ours: mean "
            "over seeds ± the half-width of its 95% confidence interval (Student's t); "
-           "*final*: the last evaluation of each run (our figure); *best*: each run's best "
-           "evaluation over training, the metric the reference codes report (comparable with "
-           "the papers' numbers, optimistic: it selects on the test split). Paper: its "
-           "reported number where our sources give one.", ""]
+           "*final*: the last evaluation of each run (our figure, and paper B's reference's); "
+           "*best*: each run's best evaluation over training (paper A's reference reports it, "
+           "testing every epoch as the paper A configs do; optimistic: it selects on the "
+           "evaluated split). Paper: its reported number where our sources give one.", ""]
   lines += [f"- {n}" for n in notes] + ([""] if notes else [])
   header = [h for h, _ in columns] + ["ours, final", "ours, best", "paper", "paper source",
                                       "wall-clock (h, per run)"]
@@ -591,9 +616,12 @@ def plan(root, teachers=None, students=None, tasks=None, arms=None, seeds=(0,), 
       synth = os.path.join(root, f"synth_{task}_2x")
       name, train_split, _, val_fraction = PA.TASKS[task]
       n_real = _split_size(name, train_split, PA.EXCLUDE.get(task, ()))
+      # kdjax.generate's config has the same data section: --set data.* reaches it too
+      data_extra = tuple(o for o in extra if o.startswith("--config.data."))
       steps.append(Step(f"synth_{task}_2x", synth,
                         f"{config_path('synth/paper_a.py')}:task={task},multiple=2,{SYNTH_ARG}",
-                        (), (None, None, task, "synthetic"), None, module="kdjax.generate",
+                        data_extra, (None, None, task, "synthetic"), None,
+                        module="kdjax.generate",
                         images=2 * round(n_real * (1 - val_fraction)) if n_real else None))
     for student in students:
       for seed in seeds:

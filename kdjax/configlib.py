@@ -55,7 +55,8 @@ def base() -> ml_collections.ConfigDict:
   c.total_steps = config_dict.placeholder(int)
   c.total_epochs = config_dict.placeholder(float)
   c.log_every_steps = 50
-  c.eval_every_steps = config_dict.placeholder(int)  # unset: evaluate at the end only
+  c.eval_every_steps = config_dict.placeholder(int)  # unset (and no epochs): at the end only
+  c.eval_every_epochs = config_dict.placeholder(float)  # or every this many epochs
   c.checkpoint_every_steps = 1000
   c.max_to_keep = 3
   # CPU only: route convolutions to Eigen (an XLA flag set by kdjax.runtime before JAX starts).
@@ -161,6 +162,7 @@ def base() -> ml_collections.ConfigDict:
   # still the central crop), stored on a load_size x round(load_size x max_aspect) canvas
   # (portrait images transposed; longer images centre-cropped to max_aspect)
   c.data.load_resize = "square"
+  c.data.load_filter = "bilinear"  # shorter, shorter_full: bilinear (torchvision) | bicubic (timm)
   c.data.max_aspect = 2.0
   # label names left out of every split, the other labels renumbered (Caltech-101's
   # background_google: the reference's 101 classes)
@@ -214,6 +216,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      ("teacher.param_sharding", shd.PARAM_SHARDINGS),
                      ("data.normalization", NORMALIZATIONS),
                      ("data.load_resize", sources.LOAD_RESIZES),
+                     ("data.load_filter", sources.LOAD_FILTERS),
                      ("data.augment.kind", augment.KINDS)]:
     if get(c, key) not in table:
       raise errors.UserError(f"unknown {key} {get(c, key)!r}; valid: {sorted(table)}")
@@ -232,7 +235,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "loss.align_alpha", "loss.unif_t", "loss.proj_dim", "teacher.cache_views",
               "teacher.cache_shard_size", "data.image_size"):
     check(key, positive, "> 0")
-  for key in ("total_steps", "total_epochs", "eval_every_steps", "data.n_per_class"):
+  for key in ("total_steps", "total_epochs", "eval_every_steps", "eval_every_epochs",
+              "data.n_per_class"):
     check(key, positive, "> 0 (or None: unset)", none_ok=True)
   for key in ("optimizer.warmup_steps", "optimizer.warmup_epochs", "data.load_size",
               "data.synthetic_per_class"):
@@ -251,7 +255,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise errors.UserError("data.augment.kind='crop_flip' crops a square image: with "
                            "data.load_resize='shorter_full' use rrc_flip (or none), or "
                            "load_resize='shorter'")
-  for name in ("total", "optimizer.warmup"):
+  if c.teacher.mode == "cached" and c.data.augment.kind == "rrc_flip_diffaug":
+    raise errors.UserError("data.augment.kind='rrc_flip_diffaug' draws one DiffAugment "
+                           "operation per training batch, which a teacher cache (made in "
+                           "other batches) cannot reproduce: use teacher.mode=online")
+  for name in ("total", "optimizer.warmup", "eval_every"):
     if get(c, f"{name}_steps") is not None and get(c, f"{name}_epochs") is not None:
       raise errors.UserError(f"set only one of {name}_steps and {name}_epochs (got "
                              f"{get(c, f'{name}_steps')}, {get(c, f'{name}_epochs')})")
@@ -280,6 +288,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 < ratio[0] <= ratio[1]:
     raise errors.UserError(f"data.augment.ratio={tuple(ratio)}: must be (min, max) aspect "
                            "ratios with 0 < min <= max")
+  if (c.data.load_resize == "shorter_full" and c.data.augment.kind != "none"
+      and abs(ratio[0] * ratio[1] - 1) > 1e-6):
+    raise errors.UserError(f"data.augment.ratio={tuple(ratio)}: with data.load_resize="
+                           "'shorter_full' (portrait images stored transposed) the aspect range "
+                           "must be reciprocal, (r, 1/r), e.g. (0.75, 1.3333333)")
 
 
 def get(config, key: str):

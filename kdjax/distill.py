@@ -8,14 +8,16 @@ The student's loss is `sum_k loss.<k>_weight * term_k` over
               penultimate features each through its own projection head, L2-normalised;
               alignment of the pair, uniformity of each (student and teacher averaged)
   aft         paper B (Qiu et al., arXiv 2406.07337): R between the student's features and the
-              rho-weighted teacher features (several teachers: concatenated)
+              rho-weighted teacher features (several teachers: concatenated); or, with
+              loss.aft_kernel=none, the MSE to a learned map of the teacher features
   feature_kd  paper B's baseline: a linear map from student to teacher features, MSE
 (formulas: kdjax/losses). Only terms with a non-zero weight are computed.
 
 Teachers are never differentiated: their variables are an input of the step (not state), they
 run in eval mode, and their outputs pass through `stop_gradient`. What trains besides the
 student lives in `state.aux`: {"student_proj", "teacher_proj"} (paper A, trained with the
-student's optimizer) and {"rho", "feature_kd"} (at `loss.prior_learning_rate`, see optim.py).
+student's optimizer) and {"rho" or "aft_map", "feature_kd"} (at `loss.prior_learning_rate`,
+see optim.py).
 
 Teacher and student see the same augmented image: the student's normalised batch is mapped back
 to pixels and, on the device, given each teacher's own input view: the central crop and size of
@@ -159,8 +161,9 @@ def view_of(teacher, override=None) -> TeacherView:
   (size, crop_fraction) from `parse_views`."""
   pre = teacher.preprocess
   crop_fraction = 1.0
-  if pre.resize is not None and pre.resize[0] == "shortest_edge" and pre.crop is not None:
-    crop_fraction = min(1.0, min(pre.crop) / pre.resize[1])
+  if pre.resize is not None and pre.crop is not None:  # e.g. shortest_edge 256 or 256 x 256,
+    resized = pre.resize[1] if pre.resize[0] == "shortest_edge" else min(pre.resize[1])
+    crop_fraction = min(1.0, min(pre.crop) / resized)  # then the central 224
   h, w = teacher.image_size
   mean, std = tuple(pre.mean), tuple(pre.std)
   if override is not None:

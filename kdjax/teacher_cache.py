@@ -122,11 +122,12 @@ def spec(config, rows: np.ndarray, teacher_records: list, distiller) -> dict:
 
 
 def _view_keys(d) -> dict:
-  """What else shapes the cached views, listed only when it differs from the defaults it had
-  before it existed (so the caches made before keep their identity)."""
+  """What else shapes the cached views (data), listed only where it differs from the behaviour
+  before the key existed. (The teachers' input views, `teacher_inputs`, are always listed: a
+  cache made before them is refused and must be rebuilt.)"""
   out = {}
   if d.load_resize != "square":
-    out.update(load_resize=d.load_resize, max_aspect=d.max_aspect)
+    out.update(load_resize=d.load_resize, load_filter=d.load_filter, max_aspect=d.max_aspect)
   if d.load_resize != "square" or d.augment.kind == "none":  # "none": the eval view
     out["eval_crop_fraction"] = d.eval_crop_fraction
   if d.exclude_classes:

@@ -78,6 +78,7 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
                         config.eval_batch_size)
   steps_per_epoch = data.train.steps_per_epoch
   total_steps = optim.steps_from(config, "total", steps_per_epoch)
+  eval_every = optim.steps_from(config, "eval_every", steps_per_epoch, default=0)
   logging.info("data %s: %d train examples (%d steps/epoch), eval sets %s, %d classes",
                config.data.name, data.train.num_examples, steps_per_epoch,
                {k: v.num_examples for k, v in data.evals.items()}, data.num_classes)
@@ -285,7 +286,7 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
         means["train/learning_rate"] = float(learning_rate(step - 1))
         writer.write(step, {**means, **speed, "epoch": step / steps_per_epoch})
       is_last = step == total_steps
-      if is_last or (config.eval_every_steps and step % config.eval_every_steps == 0):
+      if is_last or (eval_every and step % eval_every == 0):
         final_metrics = run_evals(step)
         writer.write(step, final_metrics)
       if is_last or step % config.checkpoint_every_steps == 0:
@@ -404,7 +405,8 @@ def _write_json(path: str, obj) -> None:
 # Keys that change how a run is logged, evaluated, stored or laid out, never what it trains:
 # a workdir's run may resume with other values of these. Any other difference is refused.
 RESUMABLE_KEYS = (
-    "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "max_to_keep",
+    "log_every_steps", "eval_every_steps", "eval_every_epochs", "checkpoint_every_steps",
+    "max_to_keep",
     "eval_batch_size", "fast_cpu_convolutions", "data.data_dir", "data.download",
     "data.num_workers", "data.prefetch", "data.in_memory", "model.param_sharding",
     "model.fsdp_min_size", "teacher.param_sharding", "teacher.fsdp_min_size", "teacher.evaluate",

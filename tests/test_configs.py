@@ -22,11 +22,12 @@ from kdjax.data import prepare, sources
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
 # Non-default arguments that take other code paths (each run is ~10-40 s of compiling on 2 cores,
 # so only a few): paper A's pre-trained baseline (arm=scratch is a CE-only student, as
-# resnet18_cifar.py: test_paper_a_argument_grid checks its config), paper B's multi-teacher AFT
+# resnet18_cifar.py: test_paper_a_argument_grid checks its config) and a task stored whole
+# (aspect-kept canvases, random-resized crops, one class excluded), paper B's multi-teacher AFT
 # (a final run: whole training split, test) and its no-kernel variant (tests/test_distill.py
 # runs the feature-KD baseline).
 EXTRA_ARGS = {
-    "paper_a.py": ["arm=finetune"],
+    "paper_a.py": ["arm=finetune", "data=caltech101"],
     "paper_b.py": ["arm=aft,teacher=dinov2_l+clip_l,val=0", "arm=aft_no_kernel"],
 }
 CASES = [(path, "runlocal") for path in CONFIGS] + [
@@ -42,11 +43,12 @@ def _load(path):
 
 
 def _num_classes(data_cfg) -> int:
-  """The dataset's class count from its TFDS metadata (nothing is read or prepared)."""
+  """The dataset's class count from its TFDS metadata (nothing is read or prepared), less the
+  classes the config excludes."""
   local = sources.LOCAL_BUILDERS.get(data_cfg.name)
   builder = (local(data_dir=data_cfg.data_dir) if local else
              tfds.builder(data_cfg.name, data_dir=data_cfg.data_dir or None))
-  return builder.info.features["label"].num_classes
+  return builder.info.features["label"].num_classes - len(data_cfg.exclude_classes)
 
 
 def _family(name: str) -> str:

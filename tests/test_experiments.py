@@ -43,6 +43,9 @@ def test_paper_a_dry_run_commands_load_as_kdjax_main_parses_them(tmp_path):
   assert len(commands) == 12 + 2 * (48 + 24)
   generate = [line for line in text.splitlines() if line.startswith("python -m kdjax.generate")]
   assert len(generate) == 3 and all("multiple=2,scheduler=pndm,steps=50" in g for g in generate)
+  # --set data.* reaches the generation too (its config has the same data section)
+  assert all(g.endswith("--config.data.data_dir=/data/tfds") for g in generate)
+  assert "# [" in text and "images of Stable Diffusion at 512 px" in text
   assert "estimated total" in text
   configs = {}
   for args in commands:
@@ -240,7 +243,9 @@ def test_estimate_from_the_configs(tmp_path):
   est = paper_a.estimate(step)
   assert est["steps"] == 250 * (50000 // 64)
   per_image = 3 * 3.64 + 8.03  # student forward + backward, the online teacher's forward
-  assert est["flops"] == pytest.approx(est["steps"] * 64 * per_image * 1e9, rel=0.01)
+  # the test split every epoch (the student), the teacher's predictions once (kept)
+  evals = 250 * 10000 * 3.64 + 10000 * 8.03
+  assert est["flops"] == pytest.approx((est["steps"] * 64 * per_image + evals) * 1e9, rel=0.01)
   # paper B: the first run of a shared teacher cache pays for it (45,000 images), not the next
   aft, feature_kd = paper_b.plan(str(tmp_path), ["dinov2_l"], ["vit_s"], ["cifar10"],
                                  ["aft", "feature_kd"], betas=(1.0,))[:2]
@@ -313,3 +318,18 @@ def test_paper_b_final_runs_take_the_beta_chosen_on_validation(tmp_path):
   with open(os.path.join(root, "results.json")) as f:
     cells = {c["arm"]: c for c in json.load(f)["cells"]}
   assert cells["aft"]["beta"] == 3.0 and cells["tune:aft:b3"]["split"] == "val"
+
+
+def test_collect_reads_a_finished_synthetic_set(tmp_path):
+  """A generated set is finished by its dataset_info.json (kdjax.generate writes no
+  cost.json): collect lists it without a result."""
+  root = str(tmp_path)
+  os.makedirs(os.path.join(root, "synth_dtd_2x"))
+  with open(os.path.join(root, "synth_dtd_2x", "dataset_info.json"), "w") as f:
+    f.write("{}")
+  assert paper_a.main(["collect", f"--root={root}", "--teachers=resnet50", "--students=resnet18",
+                       "--tasks=dtd", "--arms=distill_syn2x", "--seeds=0"],
+                      out=io.StringIO()) == 0
+  with open(os.path.join(root, "results.json")) as f:
+    run = next(r for r in json.load(f)["runs"] if r["name"] == "synth_dtd_2x")
+  assert run["status"] == "finished" and "accuracy" not in run

@@ -54,10 +54,12 @@ def test_paper_a_distill_scratch_and_finetune_take_the_reference_recipe():
   assert (d.load_resize, d.load_size, d.image_size) == ("shorter_full", 256, 224)
   assert d.eval_crop_fraction * 256 == 224
   assert (tuple(d.mean), tuple(d.std)) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+  assert c.eval_every_epochs == 1  # distill.py:255: the test split every epoch, best kept
   c = _config("paper_a.py", "data=cifar100,arm=scratch")
-  # datasets.py:700-713: Resize(256) + RandomCrop(224) + flip; train_fr.py:56-62: AdamW
-  # defaults; scripts/train_fr.sh --epochs=250
+  # datasets.py:700-713: Resize(256) (bilinear) + RandomCrop(224) + flip; train_fr.py:56-62:
+  # AdamW defaults; scripts/train_fr.sh --epochs=250
   assert (c.data.augment.kind, c.data.augment.pad, c.data.load_size) == ("crop_flip", 0, 256)
+  assert (c.data.load_resize, c.data.load_filter) == ("shorter", "bilinear")
   assert (c.optimizer.learning_rate, c.optimizer.weight_decay, c.total_epochs) == (
       1e-3, 1e-2, 250)
   c = _config("paper_a.py", "student=resnet18,data=dtd,arm=finetune")
@@ -89,6 +91,9 @@ def test_paper_a_teachers_probe_and_caltech_classes():
   assert (c.data.synthetic, c.data.synthetic_fraction, c.data.synthetic_labels) == ("/s", 0.5,
                                                                                    True)
   assert c.data.augment.kind == "rrc_flip_diffaug"
+  c.teacher.mode = "cached"  # one DiffAugment operation per batch: a cache cannot replay it
+  with pytest.raises(errors.UserError, match="teacher.mode=online"):
+    configlib.validate(c)
 
 
 # ------------------------------------------------------------------------------ paper B
@@ -117,6 +122,7 @@ def test_paper_b_recipe_ids_and_views():
   # run.py:16 no augmentation; the student's timm eval transform (augreg_in1k: crop_pct 0.9,
   # timm vision_transformer.py:1114-1128): short side 248, central 224
   assert (c.data.augment.kind, c.data.load_resize, c.data.load_size) == ("none", "shorter", 248)
+  assert c.data.load_filter == "bicubic"  # timm's eval transforms (interpolation "bicubic")
   assert round(c.data.eval_crop_fraction * 248) == 224
   assert _config("paper_b.py", "student=resnet50").data.load_size == 235  # a1_in1k: 0.95
   n = _config("paper_b.py", "arm=aft_no_kernel")
@@ -400,3 +406,24 @@ def test_whole_image_canvas_gives_torchvisions_views():
   want = np.stack([np.asarray(Image.fromarray(crop[..., ch], mode="F").resize(
       (16, 16), Image.BILINEAR)) for ch in range(3)], -1)
   np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_evaluation_every_epoch(tfds_dir, tmp_path):
+  """eval_every_epochs (paper A's reference tests every epoch): the evaluations fall on the
+  steps it gives, counted from the epoch's length."""
+  import json
+
+  from conftest import tiny_config
+
+  from kdjax import train
+  c = tiny_config(tfds_dir)
+  c.total_steps, c.eval_every_steps = 6, None
+  c.eval_every_epochs = 2 / 80  # 80 steps per epoch (tiny_config): every 2 steps
+  train.train_and_evaluate(c, str(tmp_path))
+  with open(tmp_path / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  assert rows[0]["epoch"] == pytest.approx(1 / 80)
+  assert [r["step"] for r in rows if "val/accuracy" in r or "test/accuracy" in r] == [2, 4, 6]
+  c.eval_every_steps = 3
+  with pytest.raises(errors.UserError, match="only one of eval_every_steps"):
+    configlib.validate(c)

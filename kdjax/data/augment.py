@@ -22,7 +22,8 @@ Kinds:
 Images stored whole (data.load_resize=shorter_full: [S, L, 4] canvases, see
 kdjax.data.sources.resize_on_load) give rrc_flip's crop box drawn from the whole image and the
 eval view's central crop of the whole image; a transposed (portrait) image is cropped in its
-stored orientation and its crop transposed back, which draws the same boxes.
+stored orientation and its crop transposed back, which draws the same boxes when the aspect
+range is reciprocal (ratio = (r, 1/r), as the default (3/4, 4/3)); validation refuses others.
 """
 
 import math

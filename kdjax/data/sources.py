@@ -43,6 +43,7 @@ class Source:
   # kept), then the central load_size x load_size (torchvision Resize(s) + CenterCrop(s)) |
   # "shorter_full": the whole aspect-kept image on a canvas (`resize_on_load`)
   load_resize: str = "square"
+  load_filter: str = "bilinear"  # shorter, shorter_full: bilinear | bicubic
   max_aspect: float = 2.0  # shorter_full: the canvas' long side is load_size x this
   keep_in_memory: bool = False  # decode the whole split once, on first use, and keep it
   _cache: tuple | None = dataclasses.field(default=None, init=False, repr=False)
@@ -76,13 +77,18 @@ class Source:
     if image.shape[-1] == 1:  # grey-scale -> RGB so every model and teacher sees 3 channels
       image = np.repeat(image, 3, axis=-1)
     if self.load_resize == "shorter_full":
-      return resize_on_load(image, self.load_size, self.load_resize, self.max_aspect)
+      return resize_on_load(image, self.load_size, self.load_resize, self.max_aspect,
+                            self.load_filter)
     if self.load_size and image.shape[:2] != (self.load_size, self.load_size):
-      image = resize_on_load(image, self.load_size, self.load_resize)
+      image = resize_on_load(image, self.load_size, self.load_resize,
+                             filter_=self.load_filter)
     return image
 
 
 LOAD_RESIZES = ("square", "shorter", "shorter_full")  # data.load_resize
+# data.load_filter: torchvision's Resize on PIL images is bilinear; timm's eval transforms of
+# the AFT reference's models are bicubic
+LOAD_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 # shorter_full's 4th channel: 0 on the canvas' padding; on the image, whether it was transposed
 # (a portrait image stored as a landscape one)
 FULL_UPRIGHT, FULL_TRANSPOSED = augment.FULL_UPRIGHT, augment.FULL_TRANSPOSED
@@ -93,18 +99,18 @@ def canvas_width(size: int, max_aspect: float) -> int:
 
 
 def resize_on_load(image: np.ndarray, size: int, how: str = "square",
-                   max_aspect: float = 2.0) -> np.ndarray:
+                   max_aspect: float = 2.0, filter_: str = "bilinear") -> np.ndarray:
   """uint8 [H,W,3] -> the stored image.
 
   square: [size,size,3], the image warped (bicubic). shorter: [size,size,3], the short side
-  resized to `size` keeping the aspect (bilinear, torchvision Resize's default for PIL images;
-  the long side int(size * long / short)), then the central square (torchvision CenterCrop's
-  rounding). shorter_full: [size, L, 4], L = canvas_width(size, max_aspect): the same resize,
-  a portrait image transposed to landscape, its long side centre-cropped to L only beyond
-  max_aspect, then padded to L by repeating its last column; channel 3 marks the image's
-  columns (FULL_UPRIGHT, or FULL_TRANSPOSED) and the padding (0). The random-resized crop and
-  the eval view (kdjax.data.augment) are taken from the whole image, as torchvision's from the
-  original."""
+  resized to `size` keeping the aspect (`filter_`: bilinear, torchvision Resize's default for
+  PIL images, or bicubic, timm's; the long side int(size * long / short)), then the central
+  square (torchvision CenterCrop's rounding). shorter_full: [size, L, 4], L =
+  canvas_width(size, max_aspect): the same resize, a portrait image transposed to landscape,
+  its long side centre-cropped to L only beyond max_aspect, then padded to L by repeating its
+  last column; channel 3 marks the image's columns (FULL_UPRIGHT, or FULL_TRANSPOSED) and the
+  padding (0). The random-resized crop and the eval view (kdjax.data.augment) are taken from
+  the whole image, as torchvision's from the original."""
   if how == "square":
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
   if how not in LOAD_RESIZES:
@@ -112,7 +118,7 @@ def resize_on_load(image: np.ndarray, size: int, how: str = "square",
   h, w = image.shape[:2]
   nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
   if (nh, nw) != (h, w):
-    image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    image = np.asarray(Image.fromarray(image).resize((nw, nh), LOAD_FILTERS[filter_]))
   if how == "shorter":
     top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
     return image[top:top + size, left:left + size]
@@ -260,6 +266,7 @@ def _load_args(cfg) -> dict:
     raise errors.UserError(f"data.load_resize={how!r} resizes to data.load_size: set "
                            "data.load_size (e.g. 256)")
   return {"load_size": cfg.load_size or None, "load_resize": how,
+          "load_filter": cfg.get("load_filter", "bilinear"),
           "max_aspect": cfg.get("max_aspect", 2.0)}
 
 
