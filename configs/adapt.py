@@ -34,7 +34,6 @@ probe on CIFAR-10 reaches about 90% in the literature; runtime about 1 GPU-hour 
 at 224 px (the frozen backbone's forward pass dominates).
 """
 
-import importlib.util
 import os
 
 from kdjax import configlib
@@ -42,11 +41,8 @@ from kdjax import configlib
 
 def _paper_a():
   """configs/paper_a.py (its task table and recipe setters)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_a.py")
-  spec = importlib.util.spec_from_file_location("kdjax_configs_paper_a", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return configlib.load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                          "paper_a.py"), "kdjax_configs_paper_a")
 
 
 def get_config(arg=None):

@@ -43,7 +43,7 @@ for _p in (HERE, REPO):
 
 import paper_numbers  # noqa: E402  (experiments/paper_numbers.py)
 
-from kdjax import transfer  # noqa: E402  (the 95% interval of the miniature's tables)
+from kdjax import configlib, distill, transfer  # noqa: E402  (transfer: the 95% interval)
 
 FINISHED_FILE = "cost.json"  # train.py writes it last, once the final evaluation is written
 GENERATED_FILE = "dataset_info.json"  # kdjax.generate writes it last, once every shard is done
@@ -97,12 +97,7 @@ def config_path(name: str) -> str:
 
 
 def config_module(name: str):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(f"_kdjax_config_{name}",
-                                                os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return configlib.load_file(os.path.join(REPO, "configs", f"{name}.py"), f"_kdjax_config_{name}")
 
 
 def check_root(root: str) -> None:
@@ -348,7 +343,7 @@ def estimate(step: Step, config=None, cache_made=False):
   n_train = _split_size(d.name, d.train_split, d.exclude_classes)
   n_test = _split_size(d.name, d.test_split, d.exclude_classes) if d.test_split else 0
   student = forward_gflops(c.model.pretrained or c.model.name)
-  views = [v[0] if v else 224 for v in _views(c.teacher.views, len(step.teachers))]
+  views = [v[0] if v else 224 for v in distill.parse_views(c.teacher.views, len(step.teachers))]
   teachers = ([forward_gflops(t, size) for t, size in zip(step.teachers, views)]
               if c.teacher.models else [])
   if n_train is None or n_test is None or student is None or None in teachers:
@@ -371,12 +366,6 @@ def estimate(step: Step, config=None, cache_made=False):
   if c.loss.kd_weight > 0 and c.teacher.evaluate:
     gflops += (n_val + n_test) * teacher
   return {"steps": steps, "train_images": steps * c.batch_size, "flops": gflops * 1e9}
-
-
-def _views(text: str, n: int) -> list:
-  """teacher.views entries as (size, ...) or None (the checkpoint's own: 224 here)."""
-  items = [x.strip() for x in text.split(",")] if text.strip() else [""] * n
-  return [(int(x.split("/")[0]),) if x else None for x in items]
 
 
 # ------------------------------------------------------------------------------ results

@@ -6,7 +6,6 @@ fix. Anything else (a bug) keeps its traceback.
 """
 
 import difflib
-import importlib.util
 import re
 import sys
 
@@ -27,9 +26,7 @@ def _load_config():
   path, _, arg = spec.partition(".py:")
   path = path if path.endswith(".py") else path + ".py"
   try:
-    module_spec = importlib.util.spec_from_file_location("_kdjax_config_for_message", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = configlib.load_file(path, "_kdjax_config_for_message")
     return module.get_config(arg) if arg else module.get_config()
   except Exception:  # noqa: BLE001  (only for a better message: the original error stands)
     return None

@@ -7,6 +7,7 @@ can tune (the config is locked by main.py, so a mistyped override fails and name
 writes anything; the valid names come from the tables of the modules that use them.
 """
 
+import importlib.util
 import numbers
 
 import ml_collections
@@ -18,6 +19,20 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 # data.normalization: auto (a pre-trained model's own mean/std, see base()) | config
 NORMALIZATIONS = ("auto", "config")
+
+
+def load_file(path: str, name: str = "_kdjax_config"):
+  """The Python module of a config file (configs/*.py live outside the package), loaded by
+  path and executed."""
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def teacher_names(config) -> list[str]:
+  """The entries of `teacher.models` (comma-separated; empty ones dropped)."""
+  return [n.strip() for n in config.teacher.models.split(",") if n.strip()]
 
 
 def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
@@ -206,8 +221,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   c = config
   models.check(c.model)
-  distill.parse_views(c.teacher.views, len([n for n in c.teacher.models.split(",")
-                                            if n.strip()]))
+  distill.parse_views(c.teacher.views, len(teacher_names(c)))
   distill.check(c.loss, has_teachers=bool(c.teacher.models.strip(", ")))
   for key, table in [("optimizer.name", optim.OPTIMIZERS),
                      ("optimizer.schedule", optim.SCHEDULES),

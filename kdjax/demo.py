@@ -15,12 +15,13 @@ notebooks/quickstart.ipynb and experiments/miniature.py (a teacher trained on mo
 the task).
 """
 
-import importlib.util
 import json
 import os
 import sys
 
 from absl import app, flags
+
+from kdjax import configlib  # no JAX: kdjax.runtime still sets its flags first
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the demo's runs go.")
 _ARMS = flags.DEFINE_list("arms", ["scratch", "finetune", "distill", "aft"],
@@ -47,10 +48,7 @@ DESCRIPTIONS = {
 
 def load_config(arg: str):
   """configs/demo.py's `get_config(arg)` (the file lives outside the package)."""
-  spec = importlib.util.spec_from_file_location("kdjax_demo_config", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return configlib.load_file(CONFIG, "kdjax_demo_config").get_config(arg)
 
 
 def table(rows: list[dict]) -> str:

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax import errors, losses
+from kdjax.data import augment
 from kdjax.losses.aft import KERNELS
 from kdjax.losses.kd import MULTI_TEACHER_MODES
 
@@ -188,11 +189,7 @@ def to_teacher_pixels(images, data_mean, data_std, view: TeacherView):
   central `crop_fraction`, resized to its size with its filter, normalised its way."""
   x = (images.astype(jnp.float32) * jnp.asarray(data_std, jnp.float32)
        + jnp.asarray(data_mean, jnp.float32)) * 255.0
-  if view.crop_fraction < 1.0:  # torchvision CenterCrop's rounding
-    ih, iw = x.shape[1:3]
-    ch, cw = int(round(ih * view.crop_fraction)), int(round(iw * view.crop_fraction))
-    top, left = int(round((ih - ch) / 2)), int(round((iw - cw) / 2))
-    x = x[:, top:top + ch, left:left + cw]
+  x = augment.central_crop(x, view.crop_fraction)
   h, w = view.image_size
   if x.shape[1:3] != (h, w):
     x = jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), view.resample, antialias=True)

@@ -328,7 +328,7 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
 def _load_teachers(config) -> tuple[list, list]:
   """The teachers of `teacher.models` (host arrays; the trainer places them) and, for each, a
   record of exactly which weights were used (Hub commit, directory, run checkpoint step)."""
-  names = [n.strip() for n in config.teacher.models.split(",") if n.strip()]
+  names = configlib.teacher_names(config)
   loaded, records = [], []
   for name in names:
     directory = teachers.fetch_once(name)  # process 0 downloads first

@@ -25,7 +25,6 @@ Cost (DTD 1x = 1,880 images): 25 steps x 2 (guidance) UNet passes at 64x64 laten
 decode per image; see README "Synthetic data" for measured throughput.
 """
 
-import importlib.util
 import os
 
 from kdjax import configlib
@@ -57,10 +56,7 @@ TASKS = {
 def _paper_a_data(task: str):
   """configs/paper_a.py's data section for `task`: the same real selection as training."""
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "paper_a.py")
-  spec = importlib.util.spec_from_file_location("kdjax_configs_paper_a", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(f"data={task}").data
+  return configlib.load_file(path, "kdjax_configs_paper_a").get_config(f"data={task}").data
 
 
 def get_config(arg=None):

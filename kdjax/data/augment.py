@@ -123,10 +123,7 @@ def augment_keys(images_uint8, keys, cfg):
   x = images_uint8.astype(jnp.float32)
   kind = cfg.augment.kind
   full = x.shape[-1] == 4  # whole-image canvases (data.load_resize=shorter_full)
-  if kind == "crop_flip":
-    if full:
-      raise errors.UserError("data.augment.kind='crop_flip' needs square images: with "
-                             "data.load_resize='shorter_full' use rrc_flip")
+  if kind == "crop_flip":  # square images (configlib.validate refuses shorter_full)
     if min(x.shape[1:3]) < size:
       x = resize(x, size)
     x = jax.vmap(lambda im, k: _crop(im, k, size, cfg.augment.pad))(x, keys)
@@ -280,12 +277,18 @@ def preprocess_eval(images_uint8, cfg):
   frac = cfg.eval_crop_fraction
   if x.shape[-1] == 4:  # a whole-image canvas: the central crop of the image, upright
     return normalise_float(resize(_central_crops(x, frac), cfg.image_size), cfg.mean, cfg.std)
-  if frac < 1.0:
-    h, w = x.shape[1:3]
-    ch, cw = int(round(h * frac)), int(round(w * frac))
-    y0, x0 = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-    x = x[:, y0:y0 + ch, x0:x0 + cw]
-  return normalise_float(resize(x, cfg.image_size), cfg.mean, cfg.std)
+  return normalise_float(resize(central_crop(x, frac), cfg.image_size), cfg.mean, cfg.std)
+
+
+def central_crop(x, frac: float):
+  """[B,H,W,C] -> its central round(H x frac) x round(W x frac), torchvision CenterCrop's
+  rounding of the offsets."""
+  if frac >= 1.0:
+    return x
+  h, w = x.shape[1:3]
+  ch, cw = int(round(h * frac)), int(round(w * frac))
+  y0, x0 = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+  return x[:, y0:y0 + ch, x0:x0 + cw]
 
 
 def _central_crops(x, frac):

@@ -76,12 +76,10 @@ class Source:
       image = image[..., None]
     if image.shape[-1] == 1:  # grey-scale -> RGB so every model and teacher sees 3 channels
       image = np.repeat(image, 3, axis=-1)
-    if self.load_resize == "shorter_full":
-      return resize_on_load(image, self.load_size, self.load_resize, self.max_aspect,
-                            self.load_filter)
-    if self.load_size and image.shape[:2] != (self.load_size, self.load_size):
-      image = resize_on_load(image, self.load_size, self.load_resize,
-                             filter_=self.load_filter)
+    square = image.shape[:2] == (self.load_size, self.load_size)
+    if self.load_size and (self.load_resize == "shorter_full" or not square):  # a canvas always
+      image = resize_on_load(image, self.load_size, self.load_resize, self.max_aspect,
+                             self.load_filter)
     return image
 
 
