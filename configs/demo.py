@@ -1,4 +1,5 @@
-r"""The offline demo: distillation on real handwritten digits, no network (kdjax/demo.py runs it).
+r"""The offline demo: distillation on real handwritten digits, no network (kdjax/tools/demo.py
+runs it).
 
 Data: `kdjax_digits` (kdjax/data/embedded.py), the 1,797 real UCI handwritten digits that ship
 inside scikit-learn, prepared as a local TFDS array_record dataset on first use: 1,437 train /
@@ -24,7 +25,7 @@ task. Arms (student: ResNet-18 width 16, 500 steps of 50, AdamW 1e-3 as paper A)
             which the teacher learned from with labels. Same 500 steps of 50 as every arm, so
             the 200 labelled images make ~15% of each batch (~20 passes over them, not 125).
 
-  python -m kdjax.demo --workdir=runs/demo            # all arms and the table (kdjax/demo.py)
+  python -m kdjax.tools.demo --workdir=runs/demo      # all arms and the table
   python -m kdjax.main --config=configs/demo.py:arm=teacher --workdir=runs/demo/teacher
   python -m kdjax.main --config=configs/demo.py:arm=distill,teacher_dir=runs/demo/teacher \
       --workdir=runs/demo/distill

@@ -1,4 +1,4 @@
-r"""The transfer miniature (kdjax/transfer.py): pre-train on MNIST-5k (P), transfer to the UCI
+r"""The transfer miniature (kdjax/tools/transfer.py): pre-train on MNIST-5k (P), transfer to the UCI
 digits (T), offline. Every run of the setting, one `stage` each:
 
   pretrain_resnet | pretrain_vit | pretrain_student   Hugging Face architectures trained on P
@@ -21,7 +21,7 @@ every `seed`), `seed`, `root`, `steps` (0: the stage's default), `beta` (AFT's w
 experiments/results/transfer/results.md.
 """
 
-from kdjax import transfer
+from kdjax.tools import transfer
 
 
 def get_config(arg=None):

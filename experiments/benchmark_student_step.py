@@ -7,9 +7,10 @@ One "step" is what kdjax's trainer runs: forward in train mode (BatchNorm batch 
 cross-entropy, backward, SGD+Nesterov momentum with weight decay, on a fixed batch (input
 pipeline excluded on both sides). kdjax variants differ only in the CPU convolution settings
 (kdjax/runtime.py, kdjax/models/cpu_conv.py), each in its own process since XLA reads its flags
-at start-up. Torch: kdjax/torch_reference.py's twin of the student (torch.nn, no torchvision), fp32,
-channels_last and contiguous NCHW, `torch.set_num_threads(os.cpu_count())`. (`python -m kdjax.bench`
-measures the same student step, and the distillation steps, with kdjax's defaults only.)
+at start-up. Torch: kdjax/tools/torch_reference.py's twin of the student (torch.nn, no
+torchvision), fp32, channels_last and contiguous NCHW, `torch.set_num_threads(os.cpu_count())`.
+(`python -m kdjax.tools.bench` measures the same student step, and the distillation steps, with
+kdjax's defaults only.)
 
 Prints a table and writes JSON with every timing, the ratio kdjax/torch in images/s (>1: kdjax
 faster) and a matmul GFLOP/s calibration (this machine's speed drifts ~2x over time, so only
@@ -31,7 +32,7 @@ VARIANTS = {  # name -> (fast_cpu_convolutions flag, model.conv_impl)
 
 
 def _median_time(fn, steps):
-  from kdjax.bench import time_calls
+  from kdjax.tools.bench import time_calls
 
   return time_calls(fn, steps, 0)["seconds"]
 
@@ -48,7 +49,7 @@ def run_kdjax(args):
 
   config = resnet18_cifar.get_config()
   config.model.name, config.model.conv_impl = args.model, args.conv_impl
-  model = models.build_student(config.model, 10)
+  model = models.build(config.model, 10)
   tx = optim.build(config.optimizer, optim.schedule(config.optimizer, 1000, 100))
   state = steps.create_train_state(model, tx, (args.image_size, args.image_size, 3),
                                    jax.random.key(0))
@@ -77,13 +78,13 @@ def run_kdjax(args):
 
 
 def run_torch(args, channels_last: bool):
-  """The same step in PyTorch eager: kdjax's reference (kdjax/torch_reference.py)."""
+  """The same step in PyTorch eager: kdjax's reference (kdjax/tools/torch_reference.py)."""
   import torch
 
   sys.path.insert(0, os.path.join(REPO, "configs"))
   import resnet18_cifar
 
-  from kdjax import torch_reference
+  from kdjax.tools import torch_reference
 
   torch.set_num_threads(os.cpu_count())
   config = resnet18_cifar.get_config("arm=scratch")

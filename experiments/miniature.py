@@ -86,9 +86,11 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def run_one(arm: str, seed: int, run_dir: str, teacher_dir: str,
             cache_dir: str) -> tuple[dict, bool]:
   """Trains (or resumes, or skips when finished) one run: (its record, trained now)."""
-  from kdjax import demo, train
+  from kdjax import configlib
+  from kdjax.train import trainer
 
-  config = demo.load_config(f"arm={arm},teacher_dir={teacher_dir}")
+  config = configlib.load_file(os.path.join(REPO, "configs", "demo.py")).get_config(
+      f"arm={arm},teacher_dir={teacher_dir}")
   config.seed = seed
   if _STEPS.value and arm != "teacher":
     config.total_steps = _STEPS.value
@@ -115,7 +117,7 @@ def run_one(arm: str, seed: int, run_dir: str, teacher_dir: str,
     return record, False
   print(f"--- {arm} seed {seed}: {DESCRIPTIONS[arm]}", flush=True)
   load_before, t0 = os.getloadavg()[0], time.perf_counter()
-  m = train.train_and_evaluate(config, run_dir).metrics
+  m = trainer.train_and_evaluate(config, run_dir).metrics
   record = {
       "arm": arm, "seed": seed, "what": DESCRIPTIONS[arm],
       "test_accuracy": m["test/accuracy"], "test_count": m["test/count"],

@@ -13,7 +13,7 @@ step 2 trains the arms per student and seed (configs/paper_a.py): `distill_<teac
 `finetune_<student>_<task>_s<seed>` (neither uses a teacher: one run serves both teachers).
 Each step is one `python -m kdjax.main --config=... --workdir=ROOT/<name>` command, run as a
 subprocess from the current directory (log: ROOT/logs/<name>.log). A step whose workdir holds
-`cost.json` is finished (kdjax/train.py writes it once, after the final evaluation) and is
+`cost.json` is finished (kdjax/train/trainer.py writes it once, after the final evaluation) and is
 skipped; any other step is started, and an interrupted one resumes from its last checkpoint.
 `--set KEY=VALUE` appends `--config.KEY=VALUE` to every command (all configs share one schema).
 `run` ends with `collect`, which reads every finished run's final evaluation from its
@@ -43,7 +43,8 @@ for _p in (HERE, REPO):
 
 import paper_numbers  # noqa: E402  (experiments/paper_numbers.py)
 
-from kdjax import configlib, distill, transfer  # noqa: E402  (transfer: the 95% interval)
+from kdjax import configlib, stats  # noqa: E402
+from kdjax.distill import teacher_views  # noqa: E402
 
 FINISHED_FILE = "cost.json"  # train.py writes it last, once the final evaluation is written
 GENERATED_FILE = "dataset_info.json"  # kdjax.generate writes it last, once every shard is done
@@ -343,7 +344,8 @@ def estimate(step: Step, config=None, cache_made=False):
   n_train = _split_size(d.name, d.train_split, d.exclude_classes)
   n_test = _split_size(d.name, d.test_split, d.exclude_classes) if d.test_split else 0
   student = forward_gflops(c.model.pretrained or c.model.name)
-  views = [v[0] if v else 224 for v in distill.parse_views(c.teacher.views, len(step.teachers))]
+  views = [v[0] if v else 224
+           for v in teacher_views.parse_views(c.teacher.views, len(step.teachers))]
   teachers = ([forward_gflops(t, size) for t, size in zip(step.teachers, views)]
               if c.teacher.models else [])
   if n_train is None or n_test is None or student is None or None in teachers:
@@ -425,9 +427,9 @@ def collect(steps, lookup, paper: str, root: str) -> dict:
   cells = []
   for (teacher, student, data, arm), group in by_cell.items():
     done = [r for r in group if r["status"] == "finished" and "accuracy" in r]
-    mean, ci95 = transfer.interval([100.0 * r["accuracy"] for r in done]) if done else (None,
+    mean, ci95 = stats.interval([100.0 * r["accuracy"] for r in done]) if done else (None,
                                                                                         None)
-    best, best_ci95 = (transfer.interval([100.0 * r["best_accuracy"] for r in done]) if done
+    best, best_ci95 = (stats.interval([100.0 * r["best_accuracy"] for r in done]) if done
                        else (None, None))
     walls = [r["wall_time_s"] for r in done if "wall_time_s" in r]
     paper_value, source = lookup(teacher, student, data, arm)

@@ -3,7 +3,8 @@ seed, then tables (mean, 95% interval, per seed, paired differences), costs, cla
 
   python experiments/transfer.py --workdir=runs/transfer --out=experiments/results/transfer
 
-The setting, its networks and arms: kdjax/transfer.py (configs/transfer.py runs any one stage).
+The setting, its networks and arms: kdjax/tools/transfer.py (configs/transfer.py runs any one
+stage).
 Resumable: finished runs are read back, an interrupted one resumes from its checkpoint.
 `--dry_run` prints every stage's command without running anything.
 """
@@ -21,7 +22,9 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from kdjax import transfer  # noqa: E402  (after the path: the script runs from a checkout)
+# after the path: the script runs from a checkout
+from kdjax import stats  # noqa: E402
+from kdjax.tools import transfer  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -119,12 +122,12 @@ def _diff(d) -> str:
   if d is None:
     return "-"
   return f"{_pm(100 * d['mean'], None if d['ci95'] is None else 100 * d['ci95'], 1)} " \
-         f"({transfer.verdict(d)})"
+         f"({stats.verdict(d)})"
 
 
 def tables(result: dict, arms, sizes) -> tuple[str, dict]:
   runs, probes = result["runs"], result["probes"]
-  agg, probe_agg = transfer.aggregate(runs), transfer.aggregate(probes)
+  agg, probe_agg = stats.aggregate(runs), stats.aggregate(probes)
   cost = costs(result, arms, sizes)
   lines = ["## Networks pre-trained on P (MNIST-5k, 4,000 train images; test: its 1,000; "
            "student_p25: the student's architecture on the first 1,000)", "",
@@ -160,8 +163,8 @@ def tables(result: dict, arms, sizes) -> tuple[str, dict]:
       a = agg.get((n, arm))
       if a is None:
         continue
-      vs_s = transfer.paired(runs, arm, "scratch", n) if arm != "scratch" else None
-      vs_f = transfer.paired(runs, arm, "finetune", n) if arm != "finetune" else None
+      vs_s = stats.paired(runs, arm, "scratch", n) if arm != "scratch" else None
+      vs_f = stats.paired(runs, arm, "finetune", n) if arm != "finetune" else None
       summary["arms"][f"{arm}/n{n}"] = {**a, "vs_scratch": vs_s, "vs_finetune": vs_f}
       agree = f"{a['agreement_mean']:.4f}" if a["agreement_mean"] is not None else "-"
       val = f"{a['val_mean']:.4f}" if a["val_mean"] is not None else "-"
@@ -195,7 +198,7 @@ def tables(result: dict, arms, sizes) -> tuple[str, dict]:
       continue
     cells, row = [], {"paper": paper, "statement": statement, "arm": arm, "baseline": baseline}
     for n in sizes:
-      d = transfer.paired(runs, arm, baseline, n)
+      d = stats.paired(runs, arm, baseline, n)
       row[f"n{n}"] = d
       cells.append(_diff(d))
     summary["claims"].append(row)
@@ -207,7 +210,7 @@ def aft_tuning(result: dict, betas, sizes) -> tuple[str, dict]:
   """Per size: each beta's validation and test accuracy and its paired difference to fine-tuning;
   the beta with the best mean validation accuracy is chosen (test accuracy plays no part)."""
   runs = result["runs"] + result.get("aft_sweep", [])
-  agg = transfer.aggregate(runs)
+  agg = stats.aggregate(runs)
   lines = ["## AFT's beta, chosen on T's validation split", "",
            "The validation hold-out is 10% of T's pool (43-44 images: one image is 2.3 points); "
            "beta is chosen by its mean over seeds.", "",
@@ -222,7 +225,7 @@ def aft_tuning(result: dict, betas, sizes) -> tuple[str, dict]:
     chosen = max(have, key=lambda x: (x[2]["val_mean"], -abs(np.log(x[0]))))[1]
     out[n] = {"chosen": chosen, "betas": {}}
     for b, stage, a in sorted(have):
-      d = transfer.paired(runs, stage, "finetune", n)
+      d = stats.paired(runs, stage, "finetune", n)
       out[n]["betas"][f"{b:g}"] = {**a, "vs_finetune": d}
       lines.append(f"| {n} | {b:g} | {a['val_mean']:.4f} | {_pm(a['mean'], a['ci95'])} | "
                    f"{_diff(d)} | {'yes' if stage == chosen else ''} |")
@@ -335,7 +338,7 @@ def main(argv):
             f"{meta['total_wall_s'] / 60:.1f} min (finished runs are read back, not re-run); "
             f"1-minute load average {load_start:.1f} at the start. Seeds {seeds}: each re-draws "
             "T's validation hold-out and labelled images and the student's initialisation. "
-            "The setting: kdjax/transfer.py. 95% CI: Student's t over seeds.\n\n")
+            "The setting: kdjax/tools/transfer.py. 95% CI: Student's t over seeds.\n\n")
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write(header + text + "\n\n![accuracy against cost](accuracy_vs_cost.png)\n")
   print(text, flush=True)

@@ -18,6 +18,11 @@ class UserError(ValueError):
   """Bad input; the message says what is wrong and how to fix it."""
 
 
+class TeacherLoadError(UserError):
+  """A pre-trained model (teacher, student or generator) could not be loaded; the message says
+  how to fix it."""
+
+
 class NonFiniteLoss(FloatingPointError):
   """A loss term became NaN or inf; the run stopped before checkpointing it."""
 

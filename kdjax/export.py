@@ -14,7 +14,7 @@ gets what `save_pretrained` writes and every loader reads:
 - kdjax_export.json: what it came from (run directory, step, sha1 of the run's config.json,
   the run's last evaluation).
 `transformers.AutoModelForImageClassification.from_pretrained(DIR)` (PyTorch) gives the run's
-logits (tested <= 1e-4) and `kdjax.teachers.load(DIR)` loads it like any Hub checkpoint: this
+logits (tested <= 1e-4) and `kdjax.hf.pretrained.load(DIR)` loads it like any Hub checkpoint: this
 is how a network trained by kdjax is published as a teacher or a pre-trained student.
 
 The weights are mapped without a second, hand-written converter: the family's import converter
@@ -22,12 +22,11 @@ The weights are mapped without a second, hand-written converter: the family's im
 tensors holding their own element indices, which says where every element of the Flax
 variables came from; export writes each element back there. A converter that computed
 anything would fail that check, loudly. Exportable families: ResNet and ViT (`hf_layout` in
-kdjax/models/teachers/).
+kdjax/models/hf/).
 """
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,11 +34,13 @@ from pathlib import Path
 import flax
 import ml_collections
 import numpy as np
+import safetensors.numpy  # a transformers dependency: no torch needed
 from absl import app, flags, logging
 
-from kdjax import checkpoint, errors, runtime, teachers
+from kdjax import checkpoint, cli, errors, files, models, runtime
 from kdjax.data import sources
-from kdjax.models.teachers import common
+from kdjax.hf import hub, pretrained
+from kdjax.models.hf import common
 
 FORMATS = ("hf",)
 # Exact float32 indices: a tensor with more elements cannot be traced.
@@ -151,11 +152,11 @@ def to_hf(workdir, out, overwrite: bool = False) -> dict:
     raise errors.UserError(f"{out} exists: choose another --out, or pass --overwrite")
   run = json.loads((workdir / "config.json").read_text())
   hf_config = json.loads((workdir / "hf_config.json").read_text())
-  family = teachers.family_of(hf_config, str(workdir))
+  family = models.family_of(hf_config, str(workdir))
   if not hasattr(family, "hf_layout"):
     raise errors.UserError(f"exporting a {hf_config.get('model_type')!r} model is not "
                            "supported yet; exportable Hub architectures: ResNet and ViT")
-  teacher = teachers.load(str(workdir), on_host=True)  # backbone + the run's head, host arrays
+  teacher = pretrained.load(str(workdir), on_host=True)  # backbone + the run's head, host arrays
   params, stats = teacher.variables["params"], teacher.variables.get("batch_stats") or {}
   num_classes = int(params["classifier"]["kernel"].shape[-1])
   size = int(run["data"]["image_size"])
@@ -202,19 +203,15 @@ def to_hf(workdir, out, overwrite: bool = False) -> dict:
             "evaluation": _last_eval(workdir), "architecture": family.HF_CLASSIFIER,
             "num_classes": num_classes}
 
-  import safetensors.numpy  # a transformers dependency: no torch needed
-
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
   try:
-    safetensors.numpy.save_file(tensors, str(tmp / teachers.SAFETENSORS_NAME),
+    safetensors.numpy.save_file(tensors, str(tmp / hub.SAFETENSORS_NAME),
                                 metadata={"format": "pt"})
     for name, obj in [("config.json", config), ("preprocessor_config.json", processor),
                       ("kdjax_export.json", record)]:
       (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(tmp, out)
+    files.replace_dir(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -235,10 +232,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # Flags are defined here, not on import (as generate.py and data/folder.py do): kdjax.cost
+  # Flags are defined here, not on import (as generate and data/folder.py do): kdjax.tools.cost
   # and kdjax.main define --workdir / --out / --overwrite on import too.
-  from kdjax import cli  # bad input: one line and exit status 2
-
   flags.DEFINE_string("workdir", None, "The kdjax run to export.")
   flags.DEFINE_string("out", None, "The directory to write.")
   flags.DEFINE_enum("format", "hf", FORMATS, "hf: a Hugging Face checkpoint directory.")

@@ -40,7 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kdjax import errors
+from kdjax import cli, errors, metric_writers, runtime
+from kdjax import sharding as shd
+from kdjax import steps as steps_lib
+from kdjax.data import sources
+from kdjax.hf import hub
 
 SPEC_FILE = "generate.json"
 SPLIT = "train"
@@ -141,7 +145,6 @@ def parse_rename(items) -> dict:
 def real_dataset(config):
   """(class names, per-class training counts or None, image size) of the real dataset: the
   same selection (data.val_fraction, n_per_class, fraction) the trainer will use."""
-  from kdjax.data import sources
 
   builder = sources.dataset_builder(config.data)
   if not builder.is_prepared():  # e.g. cifar100's names are read from its files at preparation
@@ -195,7 +198,6 @@ def class_counts(config, names, real_counts) -> np.ndarray:
 def resolve(source: str, revision: str | None) -> Path:
   """A local diffusers-layout directory as is; a Hub id -> its snapshot in the HF cache (only
   the Flax weights, configs, tokenizer and scheduler are fetched)."""
-  from kdjax import teachers
 
   path = Path(os.path.expanduser(source))
   if path.is_dir():
@@ -207,7 +209,7 @@ def resolve(source: str, revision: str | None) -> Path:
                         "'CompVis/stable-diffusion-v1-4'")
   import huggingface_hub
   from huggingface_hub import constants, errors
-  offline = teachers._offline()
+  offline = hub.offline()
   rev = f" --revision {revision}" if revision else ""
   hint = (f"`hf download {source}{rev} --include {' '.join(repr(p) for p in HUB_FILES)}` on a "
           "machine with network and the same HF_HOME (or copy that cache here), or pass a local "
@@ -390,7 +392,6 @@ def sharded_sampler(pipe: Pipeline, synth, out_size: int, mesh):
   single-device array could not be device_put onto a multi-process sharding)."""
   import jax
 
-  from kdjax import sharding as shd
 
   repl, batch_sh = shd.replicated(mesh), shd.batch_sharding(mesh)
   host = jax.tree.map(np.asarray, pipe.params)
@@ -412,7 +413,6 @@ def sampler_flops(pipe: Pipeline, synth, out_size: int, *args) -> float:
   one and two straight-line steps are lowered (not compiled) and extrapolated to every step."""
   import jax
 
-  from kdjax import steps as steps_lib
 
   one, two = (steps_lib.xla_flops(jax.jit(make_sampler(pipe, synth, out_size, count_trips=k)),
                                   *args) for k in (1, 2))
@@ -588,8 +588,6 @@ def generate(config, workdir: str) -> dict:
   import jax
   from absl import logging
 
-  from kdjax import metric_writers
-  from kdjax import sharding as shd
 
   s = config.synth
   work = Path(workdir)
@@ -832,7 +830,6 @@ def run():
   from absl import app, flags
   from ml_collections import config_flags
 
-  from kdjax import cli
 
   config_flags.DEFINE_config_file("config", None, "configs/synth/<task>.py", lock_config=True)
   flags.DEFINE_string("workdir", None, "Output: the synthetic TFDS dataset directory.")
@@ -843,7 +840,6 @@ def run():
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from kdjax import runtime
     runtime.configure(True)  # before jax starts: Eigen convolutions on CPU (runtime.py)
     if flags.FLAGS.distributed:
       runtime.initialize_distributed()

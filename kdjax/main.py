@@ -9,10 +9,12 @@ SIGTERM after saving a checkpoint (the same command resumes); see kdjax/errors.p
 For several processes (TPU pod slice, multi-node GPU) pass --distributed (see README).
 """
 
-import os
-
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from kdjax import cli, runtime
+from kdjax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)).",
                                           lock_config=True)
@@ -21,26 +23,19 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-process runs).")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "The workdir holds a run of a different config: delete that run's files "
-    "(checkpoints, metrics, its teacher cache) and start again. Without it such a workdir is "
-    "refused.")
+    "(checkpoints, metrics, config and records; a teacher cache is kept, and refused if made for "
+    "another setup) and start again. Without it such a workdir is refused.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  from kdjax import runtime
-
   runtime.quiet_libraries()
-  runtime.configure(_CONFIG.value.fast_cpu_convolutions)
-  import jax  # only now: XLA reads XLA_FLAGS when the first backend starts
-
+  runtime.configure(_CONFIG.value.fast_cpu_convolutions)  # before the first backend starts
   if _DISTRIBUTED.value:
     runtime.initialize_distributed()
-  from kdjax import train
-
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+  result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   if jax.process_index() == 0:
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()}
     logging.info("final: %s", shown)
@@ -50,8 +45,6 @@ def main(argv):
 
 
 def run():
-  from kdjax import cli  # bad input: one line and exit status 2 (kdjax/errors.py lists them)
-
   cli.run(main)
 
 

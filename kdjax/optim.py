@@ -62,9 +62,9 @@ def _base(cfg, lr, weight_decay: float) -> optax.GradientTransformation:
   raise errors.UserError(f"unknown optimizer.name {cfg.name!r}; valid: {sorted(OPTIMIZERS)}")
 
 
-# Top-level keys of the trainer's auxiliary parameters (kdjax/distill.py) that are "priors":
-# trained at loss.prior_learning_rate without weight decay (AFT's rho or its no-kernel map V,
-# feature-KD's map).
+# Top-level keys of the trainer's auxiliary parameters (kdjax/distill/objective.py) that are
+# "priors": trained at loss.prior_learning_rate without weight decay (AFT's rho or its
+# no-kernel map V, feature-KD's map).
 PRIOR_KEYS = ("rho", "aft_map", "feature_kd")
 
 

@@ -12,6 +12,11 @@ import importlib.util
 import logging
 import os
 
+import jax
+from absl import logging as absl_logging
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ logs, if TFDS loads it
+
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "libtpu")
 TESTED_JAXLIB = ("0.10.",)
@@ -37,7 +42,8 @@ def with_cpu_flags(xla_flags: str) -> str:
 
 
 def configure(fast_cpu_convolutions: bool) -> None:
-  """Call before the first `import jax` of the process."""
+  """Call before JAX starts its first backend (the first array or device query): XLA reads
+  XLA_FLAGS then. Importing JAX does not start one."""
   if fast_cpu_convolutions and cpu_only_install() and flag_known_to_jaxlib():
     os.environ["XLA_FLAGS"] = with_cpu_flags(os.environ.get("XLA_FLAGS", ""))
 
@@ -48,8 +54,6 @@ def initialize_distributed() -> None:
   JAX_NUM_PROCESSES and JAX_PROCESS_ID (JAX reads only the first, kdjax passes the other two).
   On CPU-only installs cross-process collectives use gloo (jax 0.10's default, set explicitly
   unless JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise), so localhost runs work."""
-  import jax
-
   if cpu_only_install() and not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = {key: int(os.environ[var]) for key, var in
@@ -77,7 +81,7 @@ class QuietLibraries(logging.Filter):
 
 
 def quiet_libraries() -> None:
-  """The console shows kdjax's lines: QuietLibraries on absl's handler (call under app.run)."""
-  from absl import logging as absl_logging
-
-  absl_logging.get_absl_handler().addFilter(QuietLibraries())
+  """The console shows kdjax's lines: QuietLibraries on absl's handler (call under app.run),
+  unless --verbosity=1 (or more) asks for the libraries' records too."""
+  if absl_logging.get_verbosity() < 1:
+    absl_logging.get_absl_handler().addFilter(QuietLibraries())

@@ -92,3 +92,8 @@ def param_shardings(tree, mesh: Mesh, mode: str = "replicate", min_size: int = F
     n = mesh.devices.size
     return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), n, min_size)), tree)
   raise errors.UserError(f"unknown parameter sharding {mode!r}; valid: {list(PARAM_SHARDINGS)}")
+
+
+def sharding_of(tree):
+  """The sharding of every array of `tree` (for a jit's in_shardings)."""
+  return jax.tree.map(lambda x: x.sharding, tree)

@@ -79,7 +79,7 @@ def make_train_step(model, tx, loss_cfg, num_classes: int, distiller=None,
   data.synthetic_labels=False): CE and accuracy average over the labelled ones only, the
   distillation terms over all.
   `frozen`: variables that are inputs, not state (see `create_train_state`); {} for most.
-  `distiller` (kdjax/distill.py): the teachers and the distillation terms; None: CE only.
+  `distiller` (kdjax/distill/objective.py): the teachers and the distillation terms; None: CE only.
   `teacher_vars`: the teachers' variables (a list, [] without online teachers): an input, so
   no gradient reaches them and no update can change them.
   """

@@ -70,6 +70,14 @@ def tiny_config(tfds_dir: str, **overrides):
 TINY_TOTAL_STEPS = 12
 
 
+def throttled(cmd: list[str], what: str, seconds: float) -> list[str]:
+  """`[python, "-m", module, ...]` run through tests/throttled.py, which pauses `seconds` after
+  each unit of work `what` (train | cache | generate) so a test can signal it part-way."""
+  assert cmd[1] == "-m", cmd
+  return [cmd[0], os.path.join(os.path.dirname(os.path.abspath(__file__)), "throttled.py"),
+          f"{what}={seconds}", *cmd[1:]]
+
+
 def tiny_cli_args(tfds_dir: str, workdir, *extra: str) -> list[str]:
   """`python -m kdjax.main` arguments of the tests' tiny CLI run (ResNet-18 at width 8 on 8 px
   digits, 12 steps of 16, checkpoints at 4, 8, 12, evaluations at 6 and 12). One command for

@@ -1,5 +1,5 @@
 """The benchmark's PyTorch reference computes kdjax's step (same architectures, same loss, same
-teacher input), and `python -m kdjax.bench` writes its table and JSON."""
+teacher input), and `python -m kdjax.tools.bench` writes its table and JSON."""
 
 import json
 import os
@@ -11,12 +11,13 @@ import pytest
 import torch
 from conftest import run_python
 
-from kdjax import configlib, distill, losses, models
-from kdjax import torch_reference as ref
+from kdjax import configlib, losses, models
+from kdjax.distill import objective, teacher_views
+from kdjax.tools import torch_reference as ref
 
 
 def _flax_count(cfg, num_classes, size):
-  model = models.build_student(cfg, num_classes)
+  model = models.build(cfg, num_classes)
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
 
@@ -44,7 +45,7 @@ def test_reference_loss_equals_kdjax_terms():
   cfg = configlib.base().loss
   cfg.kd_weight, cfg.align_weight, cfg.unif_weight = 1.0, 0.5, 2.0
   cfg.aft_weight, cfg.feature_kd_weight = 3.0, 0.25
-  weights = distill.weights(cfg)
+  weights = objective.weights(cfg)
   b, d_s, d_t, c = 12, 16, 24, 5
   torch.manual_seed(0)
   obj = ref.Objective(cfg, weights, d_s, d_t)
@@ -70,7 +71,7 @@ def test_reference_loss_equals_kdjax_terms():
 
 
 def losses_head(x, hidden, out):
-  h = distill.ProjectionHead("mlp", out["kernel"].shape[1])
+  h = objective.ProjectionHead("mlp", out["kernel"].shape[1])
   return h.apply({"params": {"hidden": hidden, "out": out}}, x)
 
 
@@ -82,9 +83,9 @@ def optax_ce(logits, labels, c):
 def test_reference_teacher_pixels_equal_kdjax():
   x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
   mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-  view = distill.TeacherView("t", None, (40, 40), 1 / 255, (0.485, 0.456, 0.406),
+  view = teacher_views.TeacherView("t", None, (40, 40), 1 / 255, (0.485, 0.456, 0.406),
                              (0.229, 0.224, 0.225), 8, None)
-  want = np.asarray(distill.to_teacher_pixels(jnp.asarray(x), mean, std, view))
+  want = np.asarray(teacher_views.to_teacher_pixels(jnp.asarray(x), mean, std, view))
   got = ref.to_teacher_pixels(torch.from_numpy(x).permute(0, 3, 1, 2), mean, std, (40, 40),
                               view.rescale, view.mean, view.std).permute(0, 2, 3, 1).numpy()
   np.testing.assert_allclose(got, want, atol=1e-4)
@@ -93,9 +94,9 @@ def test_reference_teacher_pixels_equal_kdjax():
 def test_bench_cli_writes_table_and_ratios(tmp_path):
   """The CLI end to end on its cheapest row (a teacher forward; the train-step rows share the
   same timing and reporting code): the real-architecture teacher saved by transformers, loaded
-  by kdjax.teachers, timed beside the HF PyTorch model."""
+  by kdjax.hf.pretrained, timed beside the HF PyTorch model."""
   out = str(tmp_path / "bench")
-  proc = run_python(["-m", "kdjax.bench", "--config=configs/demo.py:arm=scratch", "--batch=2",
+  proc = run_python(["-m", "kdjax.tools.bench", "--config=configs/demo.py:arm=scratch", "--batch=2",
                      "--rows=teacher", "--families=mobilenet_v2", "--teacher_size=32",
                      "--steps=2", "--warmup=1", f"--out={out}"])
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,11 +1,12 @@
-"""A teacher-cache build (kdjax/teacher_cache.py) SIGKILLed part-way, then SIGTERMed part-way,
+"""A teacher-cache build (kdjax/distill/teacher_cache.py) SIGKILLed part-way, then SIGTERMed
+part-way,
 resumes through the command line to the uninterrupted build's cache: every (position, view)
 once, none missing, the same bits; finished shards are kept, dead writers' temporary files
 removed and live ones left alone. (Generation's counterpart is in test_generate.py.)
 
 Four CLI runs of the demo config, K=2 views of the 200 training images, 64 per shard (4 shards):
 the reference; a run killed after its first shard; a resume stopped by SIGTERM after its first
-shard (exit status 143); a resume to the end. KDJAX_CACHE_THROTTLE_S makes the killed runs sleep
+shard (exit status 143); a resume to the end. tests/throttled.py makes the killed runs sleep
 after each shard so that the signal lands between shards, not after the last one.
 """
 
@@ -19,9 +20,9 @@ import uuid
 import numpy as np
 import pytest
 import test_distill  # the teachers it saves once per session (shared with its tests)
-from conftest import REPO, with_test_flags
+from conftest import REPO, throttled, with_test_flags
 
-from kdjax import teacher_cache
+from kdjax import files
 
 teacher_dirs = test_distill.teacher_dirs  # the same fixture: one teacher per session
 SHARDS = 4  # ceil(200 / 64)
@@ -42,9 +43,8 @@ def _command(tfds_dir, teacher, workdir, cache):
 def _start(cmd, log_path, throttle=None):
   env = dict(os.environ, PYTHONPATH=REPO)
   env["XLA_FLAGS"] = with_test_flags(env.get("XLA_FLAGS", ""))
-  env.pop(teacher_cache.THROTTLE_ENV, None)
   if throttle:
-    env[teacher_cache.THROTTLE_ENV] = throttle
+    cmd = throttled(cmd, "cache", throttle)
   with open(log_path, "w") as log:
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -127,7 +127,7 @@ def test_killed_then_preempted_build_resumes_to_the_uninterrupted_cache(referenc
   # What killed and concurrent writers leave: a temporary file of a dead process on this host
   # (the killed run's pid), one of another host's writer over an hour old: both stale; one of a
   # live process (this one, as if a concurrent run writing that shard): left alone.
-  host = teacher_cache._HOST
+  host = files.HOST
   dead = cache / f"shard-00003.array_record.{host}.{proc.pid}.{uuid.uuid4().hex}.tmp"
   old = cache / f"shard-00002.array_record.elsewhere.{os.getpid()}.{uuid.uuid4().hex}.tmp"
   live = cache / f"shard-00003.array_record.{host}.{os.getpid()}.{uuid.uuid4().hex}.tmp"

@@ -16,8 +16,9 @@ import tensorflow_datasets as tfds
 from conftest import REPO
 from PIL import Image
 
-from kdjax import configlib, train
+from kdjax import configlib
 from kdjax.data import prepare, sources
+from kdjax.train import trainer
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
 # Non-default arguments that take other code paths (each run is ~10-40 s of compiling on 2 cores,
@@ -124,7 +125,7 @@ def test_config_runs_locally(path, arg, tfds_dir, tmp_path, tiny_hub_resnet, tin
   config.total_steps = 2
   config.checkpoint_every_steps = 2
   with tfds.testing.mock_data(num_examples=80):  # 80 random examples of any dataset, local too
-    result = train.train_and_evaluate(config, str(tmp_path))
+    result = trainer.train_and_evaluate(config, str(tmp_path))
   # tuning configs (paper B's val=1) evaluate on the validation hold-out only
   split = "test" if config.data.test_split else "val"
   assert result.metrics[f"{split}/count"] > 0

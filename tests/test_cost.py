@@ -1,4 +1,4 @@
-"""Training-cost accounting (kdjax/cost.py): the pre-training FLOPs against an independent
+"""Training-cost accounting (kdjax/tools/cost.py): the pre-training FLOPs against an independent
 count, and the arithmetic of a distillation run against pre-train + fine-tune."""
 
 import json
@@ -7,7 +7,8 @@ import os
 import pytest
 from conftest import tiny_config
 
-from kdjax import configlib, cost
+from kdjax import configlib
+from kdjax.tools import cost
 
 
 def test_imagenet_resnet18_pretraining_flops_match_the_published_count():

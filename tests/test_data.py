@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import tiny_config
 
-from kdjax import errors
+from kdjax import errors, validate
 from kdjax import sharding as shd
 from kdjax.data import augment, pipeline, sources
 from kdjax.evaluators import classification
@@ -178,11 +178,11 @@ def test_unlabelled_rest_adds_the_left_out_train_images_without_labels(tfds_dir)
   assert (got[n:] == -1).all()
   np.testing.assert_array_equal(images[n:], src.read(rest)[0])
 
-  from kdjax import train
+  from kdjax.train import trainer
   with pytest.raises(ValueError, match="unlabelled_rest=True adds unlabelled images"):
-    train.train_and_evaluate(cfg, "/nonexistent/never-written")  # CE only: refused first
+    trainer.train_and_evaluate(cfg, "/nonexistent/never-written")  # CE only: refused first
   cfg.loss.kd_weight = 1.0
-  assert train._partial_labels(cfg) is True
+  assert validate.partial_labels(cfg) is True
   cfg.data.n_per_class = None
   with pytest.raises(ValueError, match="set data.n_per_class or data.fraction"):
     pipeline.build(cfg.data, shd.make_mesh(), 0, 16, 32)

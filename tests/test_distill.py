@@ -1,4 +1,4 @@
-"""Distillation wiring (kdjax/distill.py, steps.py, optim.py, teacher_cache.py, train.py) against
+"""Distillation wiring (kdjax/distill/, steps.py, optim.py, kdjax/train/) against
 independent references: the loss recomputed by hand from the networks' outputs, the teacher's
 input recomputed from the uint8 image, the cache's views recomputed from their seeds, the eval
 metrics recomputed from the test split.
@@ -26,9 +26,12 @@ import numpy as np
 import pytest
 from conftest import run_python, tiny_config
 
-from kdjax import distill, losses, models, optim, runtime, steps, teacher_cache, teachers, train
+from kdjax import losses, models, optim, runtime, steps
 from kdjax import sharding as shd
 from kdjax.data import augment, pipeline, sources
+from kdjax.distill import objective, teacher_cache, teacher_views, teachers
+from kdjax.hf import pretrained
+from kdjax.train import trainer
 
 NUM_CLASSES = 10  # kdjax_digits
 IMAGE_SHAPE = (8, 8, 3)  # tiny_config's student input
@@ -198,9 +201,9 @@ def _run_step(teacher_dir: str, out: str) -> None:
   state before and after, the metrics and the teacher's variables after the step to `out`.
   Also run by test_one_step_on_eight_devices_equals_one in a subprocess with 8 CPU devices."""
   config = _config("", **STEP, **{"teacher.models": teacher_dir})
-  teacher = teachers.load(teacher_dir, on_host=True)
-  model, _ = models.build(config.model, NUM_CLASSES)
-  distiller = distill.Distiller(config.loss, [distill.view_of(teacher)], NUM_CLASSES,
+  teacher = pretrained.load(teacher_dir, on_host=True)
+  model = models.build(config.model, NUM_CLASSES)
+  distiller = objective.Distiller(config.loss, [teacher_views.view_of(teacher)], NUM_CLASSES,
                                 _student_features(model), config.data.mean, config.data.std)
   tx = optim.build(config.optimizer, optim.schedule(config.optimizer, 4, 4),
                    config.loss.prior_learning_rate)
@@ -297,20 +300,20 @@ def cached_runs(tfds_dir, teacher_dirs, tmp_path_factory):
     absl_logger.addHandler(messages)
     absl_logger.setLevel(logging.INFO)
     try:
-      result = train.train_and_evaluate(config(), str(root / "run1"))
+      result = trainer.train_and_evaluate(config(), str(root / "run1"))
       log["run1"], log["run1_messages"] = result.metrics, list(messages.lines)
       _write(root / "run1_state.msgpack", {"params": result.state.params,
                                            "batch_stats": result.state.batch_stats})
       log["after_run1"] = _stats(cache)
       shutil.copytree(cache, root / "cache_after_run1")
       try:
-        train.train_and_evaluate(config(**{"teacher.cache_views": 3}), str(root / "run2"))
+        trainer.train_and_evaluate(config(**{"teacher.cache_views": 3}), str(root / "run2"))
       except Exception as e:  # noqa: BLE001  (its type is checked by the test)
         log["run2_error"] = [type(e).__name__, str(e)]
       log["after_run2"] = _stats(cache)
       log["deleted"] = _shard_names(cache)[2]
       os.remove(cache / log["deleted"])
-      log["run3"] = train.train_and_evaluate(config(), str(root / "run3")).metrics
+      log["run3"] = trainer.train_and_evaluate(config(), str(root / "run3")).metrics
       log["after_run3"] = _stats(cache)
     finally:
       absl_logger.removeHandler(messages)
@@ -324,7 +327,7 @@ def cached_runs(tfds_dir, teacher_dirs, tmp_path_factory):
 
 
 def _final_student(root, config):
-  model, _ = models.build(config.model, NUM_CLASSES)
+  model = models.build(config.model, NUM_CLASSES)
   return model, _read(root / "run1_state.msgpack")
 
 
@@ -341,7 +344,7 @@ def test_one_step_trains_student_and_heads_at_their_rates_never_the_teacher(one_
                                                                            teacher_dirs):
   before, after = one_step["before"], one_step["after"]
   # The teacher's variables, an input of the step, come out bit-identical to its checkpoint.
-  loaded = _leaves(teachers.load(teacher_dirs["ten"], on_host=True).variables)
+  loaded = _leaves(pretrained.load(teacher_dirs["ten"], on_host=True).variables)
   seen = _leaves(one_step["teacher_after"])
   assert loaded.keys() == seen.keys()
   for k in loaded:
@@ -375,8 +378,8 @@ def test_step_loss_is_the_weighted_sum_of_terms_recomputed_by_hand(one_step, tea
   cfg = config.loss
   before, metrics = one_step["before"], one_step["metrics"]
   images, labels = _batch()
-  model, _ = models.build(config.model, NUM_CLASSES)
-  teacher = teachers.load(teacher_dirs["ten"])
+  model = models.build(config.model, NUM_CLASSES)
+  teacher = pretrained.load(teacher_dirs["ten"])
 
   @jax.jit
   def forward(student_vars, teacher_vars, x, pixels):  # student in train mode, teacher in eval
@@ -398,7 +401,7 @@ def test_step_loss_is_the_weighted_sum_of_terms_recomputed_by_hand(one_step, tea
   aux = before["aux"]
   z_s, z_t = head(aux["student_proj"], g), head(aux["teacher_proj"], phi)
   assert z_s.shape == z_t.shape == (16, cfg.proj_dim)
-  proj = distill.ProjectionHead(cfg.proj_head, cfg.proj_dim)
+  proj = objective.ProjectionHead(cfg.proj_head, cfg.proj_dim)
   np.testing.assert_allclose(jax.jit(proj.apply)({"params": aux["student_proj"]}, g), z_s,
                              atol=1e-6)
   log_p = logits.astype(np.float64)
@@ -445,7 +448,7 @@ def test_cache_holds_the_teachers_outputs_on_each_seeded_view(cached_runs, teach
       [r["row"] for r in chosen])
   keys = jnp.stack([jax.random.key(int(r["row"]) * k + int(r["view"])) for r in chosen])
   views = jax.jit(lambda x, k: augment.augment_keys(x, k, config.data))(images, keys)
-  teacher = teachers.load(teacher_dirs["ten"])
+  teacher = pretrained.load(teacher_dirs["ten"])
   out = jax.jit(teacher.apply)(teacher.variables,
                                _teacher_pixels(_to_pixels(views, config.data), TEACHER_SIZE))
   np.testing.assert_allclose(np.stack([r["features"] for r in chosen]), out["features"],
@@ -496,8 +499,8 @@ def test_teacher_outputs_carry_no_gradient(one_step, teacher_dirs):
   """Every distillation term is constant in the teacher's variables (stop_gradient), while the
   same KD term on the bare teacher logits is not (so this test can fail)."""
   config = _config("", **STEP)
-  teacher = teachers.load(teacher_dirs["ten"])
-  distiller = distill.Distiller(config.loss, [distill.view_of(teacher)], NUM_CLASSES, 64,
+  teacher = pretrained.load(teacher_dirs["ten"])
+  distiller = objective.Distiller(config.loss, [teacher_views.view_of(teacher)], NUM_CLASSES, 64,
                                 config.data.mean, config.data.std)
   rng = np.random.RandomState(2)
   images, _ = _batch()
@@ -523,8 +526,8 @@ def test_teacher_outputs_carry_no_gradient(one_step, teacher_dirs):
 
 
 def test_to_teacher_pixels_equals_preprocessing_the_uint8_image(teacher_dirs):
-  teacher = teachers.load(teacher_dirs["ten"])
-  view = distill.view_of(teacher)
+  teacher = pretrained.load(teacher_dirs["ten"])
+  view = teacher_views.view_of(teacher)
   assert (view.image_size, view.mean, view.std) == (TEACHER_SIZE, TEACHER_MEAN, TEACHER_STD)
   assert view.rescale == pytest.approx(1 / 255)
   assert (view.num_features, view.num_logits) == (32, NUM_CLASSES)
@@ -533,7 +536,7 @@ def test_to_teacher_pixels_equals_preprocessing_the_uint8_image(teacher_dirs):
   student = jnp.asarray(_normalise(images, config.data))
   # up (the teacher's 12 x 20), the same size (no resize), down (antialiased)
   for size in (TEACHER_SIZE, IMAGE_SHAPE[:2], (5, 3)):
-    got = distill.to_teacher_pixels(student, config.data.mean, config.data.std,
+    got = teacher_views.to_teacher_pixels(student, config.data.mean, config.data.std,
                                     dataclasses.replace(view, image_size=size))
     assert got.shape == (4, *size, 3)
     np.testing.assert_allclose(got, _teacher_pixels(images, size), atol=1e-5, err_msg=str(size))
@@ -543,7 +546,7 @@ def test_kd_with_a_teacher_head_of_other_classes_names_the_adapt_config(tfds_dir
                                                                         tmp_path):
   config = _config(tfds_dir, **{"loss.kd_weight": 1.0, "teacher.models": teacher_dirs["five"]})
   with pytest.raises(ValueError, match=r"configs/adapt\.py") as info:
-    train.train_and_evaluate(config, str(tmp_path))
+    trainer.train_and_evaluate(config, str(tmp_path))
   assert "(5 classes)" in str(info.value) and f"{NUM_CLASSES} classes" in str(info.value)
   assert not (tmp_path / "checkpoints").exists()  # refused before any training
 
@@ -558,13 +561,13 @@ def test_cached_batches_pair_each_augmented_image_with_its_views_outputs(cached_
   mesh = shd.make_mesh()
   data = pipeline.build(config.data, mesh, config.seed, config.batch_size,
                         config.eval_batch_size)
-  loaded, records = train._load_teachers(config)
-  distiller = distill.Distiller(config.loss, [distill.view_of(t) for t in loaded], NUM_CLASSES,
-                                64, config.data.mean, config.data.std, cached=True)
+  loaded, records = teachers.load(config)
+  distiller = objective.Distiller(config.loss, [teacher_views.view_of(t) for t in loaded],
+                                  NUM_CLASSES, 64, config.data.mean, config.data.std, cached=True)
   cache, _ = teacher_cache.build(config, str(root / "run1"), data.train, distiller,
                                  [t.variables for t in loaded], records, mesh)
   data.train.attach_cache(cache)
-  teacher = teachers.load(teacher_dirs["ten"])
+  teacher = pretrained.load(teacher_dirs["ten"])
   forward = jax.jit(teacher.apply)
   for step in (0, data.train.steps_per_epoch):  # two epochs: other permutations, other views
     batch = data.train.batch(step, jax.random.key(0))
@@ -622,7 +625,7 @@ def test_teacher_accuracy_and_agreement_match_an_independent_evaluation(cached_r
   view = np.asarray(augment.preprocess_eval(images, config.data))  # the exact eval view
   student_logits = np.asarray(_predict(model)(variables, view)[0])
   student = np.argmax(student_logits, -1)
-  teacher = teachers.load(teacher_dirs["ten"])
+  teacher = pretrained.load(teacher_dirs["ten"])
   t_logits = np.asarray(jax.jit(teacher.apply)(
       teacher.variables, _teacher_pixels(_to_pixels(view, config.data), TEACHER_SIZE))["logits"])
   teacher_pred = np.argmax(t_logits, -1)
@@ -642,7 +645,7 @@ def test_a_kdjax_run_loads_as_a_teacher_with_its_students_logits(cached_runs, tf
   root, _ = cached_runs
   config = _config(tfds_dir, **CACHED)
   model, variables = _final_student(root, config)
-  teacher = teachers.load(str(root / "run1"))  # its latest checkpoint: the final state
+  teacher = pretrained.load(str(root / "run1"))  # its latest checkpoint: the final state
   x = np.random.RandomState(4).randn(6, *IMAGE_SHAPE).astype(np.float32)
   logits, out = _predict(model)(variables, x)
   got = jax.jit(teacher.apply)(teacher.variables, x)
@@ -652,9 +655,9 @@ def test_a_kdjax_run_loads_as_a_teacher_with_its_students_logits(cached_runs, tf
   assert teacher.preprocess.mean == tuple(config.data.mean)
   assert teacher.preprocess.std == tuple(config.data.std)
   # ... and it serves as a KD teacher of the same task.
-  view = distill.view_of(teacher)
+  view = teacher_views.view_of(teacher)
   assert (view.num_logits, view.num_features) == (NUM_CLASSES, _student_features(model))
-  distiller = distill.Distiller(config.loss, [view], NUM_CLASSES, 64, config.data.mean,
+  distiller = objective.Distiller(config.loss, [view], NUM_CLASSES, 64, config.data.mean,
                                 config.data.std)
   assert distiller.kd_teachers == [0]
 
@@ -668,9 +671,9 @@ def test_cached_streaming_run_resumes_to_the_in_memory_runs_state(cached_runs, t
   config = _config(tfds_dir, **CACHED, **{"teacher.models": teacher_dirs["ten"],
                                          "teacher.cache_dir": str(root / "cache"),
                                          "data.in_memory": False})
-  train.train_and_evaluate(config, str(tmp_path))
+  trainer.train_and_evaluate(config, str(tmp_path))
   shutil.rmtree(tmp_path / "checkpoints" / "4")  # as if killed after the step-2 checkpoint
-  resumed = train.train_and_evaluate(config, str(tmp_path)).state
+  resumed = trainer.train_and_evaluate(config, str(tmp_path)).state
   assert "rho" in resumed.aux
   want = _leaves(_read(root / "run1_state.msgpack"))
   got = _leaves({"params": resumed.params, "batch_stats": resumed.batch_stats})

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, run_python, snapshot, tiny_cli_args
 from PIL import Image
 
-from kdjax import configlib, errors
+from kdjax import configlib, errors, validate
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_every_config_file_passes_validation():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for arg in (None, "runlocal"):
-      configlib.validate(module.get_config(arg) if arg else module.get_config())
+      validate.check(module.get_config(arg) if arg else module.get_config())
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -187,5 +187,5 @@ def test_validate_names_the_key_and_the_valid_values(key, value, message):
     node = node[p]
   node[leaf] = value
   with pytest.raises(errors.UserError) as info:
-    configlib.validate(config)
+    validate.check(config)
   assert str(info.value).startswith(message), str(info.value)

@@ -1,7 +1,7 @@
 """The paper reproduction scripts (experiments/paper_a.py, paper_b.py, plot_papers.py): fast checks,
 no training. Every command the dry runs print parses into a locked config exactly as kdjax.main
 parses it; the grids have the papers' sizes; collect reads the files a finished run writes
-(kdjax/train.py: metrics.jsonl, cost.json) and puts our number next to the paper's; the plot
+(kdjax/train/trainer.py: metrics.jsonl, cost.json) and puts our number next to the paper's; the plot
 script writes a PNG from partial results."""
 
 import io
@@ -144,7 +144,7 @@ def test_grids_have_the_papers_sizes_and_respect_filters(tmp_path):
 
 def _finished_run(workdir, accuracy, split="test", step=1000, wall=7200.0, finished=True,
                   mid=None):
-  """The files kdjax/train.py writes: config.json, metrics.jsonl (train rows, the final
+  """The files kdjax/train/trainer.py writes: config.json, metrics.jsonl (train rows, the final
   evaluation, the cost record) and, once done, cost.json."""
   os.makedirs(os.path.join(workdir, "checkpoints", str(step)), exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:

@@ -1,5 +1,5 @@
 """kdjax.export: a run of a Hub architecture (model.name=hub + model.hub_config) as a Hugging Face
-checkpoint directory that transformers (PyTorch) and kdjax.teachers load to the run's logits.
+checkpoint directory that transformers (PyTorch) and kdjax.hf.pretrained load to the run's logits.
 
 transformers' PyTorch models are the oracle: hf_layout must be their state dict, name for name;
 weights mapped by export must give their logits. Every architecture is tiny and random.
@@ -16,8 +16,10 @@ import torch
 import transformers
 from conftest import run_python, snapshot, tiny_config
 
-from kdjax import configlib, errors, teachers, train
-from kdjax.models.teachers import common, resnet, vit
+from kdjax import configlib, errors
+from kdjax.hf import preprocessing, pretrained
+from kdjax.models.hf import common, resnet, vit
+from kdjax.train import trainer
 
 TOL = 1e-4
 NUM_CLASSES = 10  # kdjax_digits
@@ -65,7 +67,7 @@ def _torch_model(arch, config: dict):
 @pytest.fixture(scope="module")
 def export():
   """kdjax.export, imported when its tests run, not when the suite is collected: it defines
-  absl flags (--workdir, --out) on import, as kdjax.cost does (tests/test_cost.py), and a
+  absl flags (--workdir, --out) on import, as kdjax.tools.cost does (tests/test_cost.py), and a
   clash must not stop the collection of every other test."""
   from kdjax import export as module
 
@@ -182,7 +184,7 @@ def exported(request, export, tfds_dir, tmp_path_factory):
   kwargs = RESNETS["basic"] if arch == "resnet" else VITS["qkv_bias"]
   _saved_config(root / "hf", arch, kwargs)
   run_dir, out = root / "run", root / "hf_export"
-  metrics = train.train_and_evaluate(_hub_run_config(tfds_dir, root / "hf"), str(run_dir)).metrics
+  metrics = trainer.train_and_evaluate(_hub_run_config(tfds_dir, root / "hf"), str(run_dir)).metrics
   record = export.to_hf(str(run_dir), str(out))
   return arch, run_dir, metrics, out, record
 
@@ -190,9 +192,9 @@ def exported(request, export, tfds_dir, tmp_path_factory):
 def test_exported_run_gives_the_runs_logits_in_transformers_and_kdjax(exported, export,
                                                                        caplog):
   arch, run_dir, metrics, out, record = exported
-  run = teachers.load(str(run_dir))
+  run = pretrained.load(str(run_dir))
   images = np.random.RandomState(0).randint(0, 256, (4, SIZE, SIZE, 3)).astype(np.uint8)
-  reloaded = teachers.load(str(out))
+  reloaded = pretrained.load(str(out))
   pixels = np.asarray(reloaded.preprocess(images))  # the exported preprocessor_config.json
   logits = np.asarray(run(run.preprocess(images))["logits"])
   assert logits.shape == (4, NUM_CLASSES) and np.abs(logits).max() > 0.1
@@ -210,7 +212,7 @@ def test_exported_run_gives_the_runs_logits_in_transformers_and_kdjax(exported, 
 
   # kdjax loads it as any Hub checkpoint, to the run's logits
   np.testing.assert_allclose(np.asarray(reloaded(pixels)["logits"]), logits, atol=TOL, rtol=0)
-  pre = teachers.preprocessing_of(str(out))
+  pre = preprocessing.preprocessing_of(str(out))
   assert pre == reloaded.preprocess
   assert pre.resize == ("square", (SIZE, SIZE)) and pre.crop is None
   np.testing.assert_allclose(pre.mean, (0.4, 0.5, 0.6))
@@ -253,7 +255,7 @@ def test_exported_run_gives_the_runs_logits_in_transformers_and_kdjax(exported, 
   (out / "stale.txt").write_text("from an earlier export")
   export.to_hf(str(run_dir), str(out), overwrite=True)
   assert not (out / "stale.txt").exists()
-  np.testing.assert_allclose(np.asarray(teachers.load(str(out))(pixels)["logits"]), logits,
+  np.testing.assert_allclose(np.asarray(pretrained.load(str(out))(pixels)["logits"]), logits,
                              atol=TOL, rtol=0)
 
 
@@ -263,7 +265,7 @@ def test_exported_run_gives_the_runs_logits_in_transformers_and_kdjax(exported, 
 def test_a_kdjax_student_run_is_refused(export, tfds_dir, tmp_path):
   run_dir, out = tmp_path / "student", tmp_path / "out"
   # one step, no test split: a real run directory of kdjax's ResNet-18, compiled quickly
-  train.train_and_evaluate(tiny_config(tfds_dir, **{"total_steps": 1, "data.test_split": "",
+  trainer.train_and_evaluate(tiny_config(tfds_dir, **{"total_steps": 1, "data.test_split": "",
                                                     "checkpoint_every_steps": 1}), str(run_dir))
   assert json.loads((run_dir / "config.json").read_text())["model"]["name"] == "resnet18"
   with pytest.raises(errors.UserError, match="not a kdjax run of a Hugging Face architecture "

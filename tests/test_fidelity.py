@@ -18,8 +18,11 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
-from kdjax import configlib, distill, errors, optim, teachers
+from kdjax import configlib, errors, optim, validate
 from kdjax.data import augment, folder, sources
+from kdjax.distill import objective, teacher_views
+from kdjax.hf import pretrained
+from kdjax.train import trainer
 
 
 def _config(name, arg=""):
@@ -33,15 +36,15 @@ def _config(name, arg=""):
 # ------------------------------------------------------------------------------ paper A
 def test_paper_a_distill_scratch_and_finetune_take_the_reference_recipe():
   c = _config("paper_a.py", "teacher=resnet50,student=resnet18,data=dtd,arm=distill")
-  # torch.optim.AdamW(trainable_list.parameters()) with its defaults (distill.py:130-131):
+  # torch.optim.AdamW(trainable_list.parameters()) with its defaults (objective.py:130-131):
   # lr 1e-3, betas (0.9, 0.999), weight decay 1e-2 on every parameter, no schedule
   o = c.optimizer
   assert (o.name, o.learning_rate, o.b1, o.b2, o.weight_decay) == ("adamw", 1e-3, 0.9, 0.999,
                                                                     1e-2)
   assert o.decay_norm_and_bias and o.schedule == "constant"
-  assert (c.batch_size, c.total_epochs) == (64, 250)  # distill.py:293,296
-  # distill.py:385-399 (align_uniform): CE 1 + embed 1 + KD 1; kd.py T = 4; align alpha 2,
-  # unif t 2 (distill.py:323-326); mocov2 heads to 128-d (distill.py:329)
+  assert (c.batch_size, c.total_epochs) == (64, 250)  # objective.py:293,296
+  # objective.py:385-399 (align_uniform): CE 1 + embed 1 + KD 1; kd.py T = 4; align alpha 2,
+  # unif t 2 (objective.py:323-326); mocov2 heads to 128-d (objective.py:329)
   loss = c.loss
   assert (loss.ce_weight, loss.kd_weight, loss.align_weight, loss.unif_weight) == (1, 1, 1, 1)
   assert (loss.kd_temperature, loss.align_alpha, loss.unif_t) == (4, 2, 2)
@@ -54,7 +57,7 @@ def test_paper_a_distill_scratch_and_finetune_take_the_reference_recipe():
   assert (d.load_resize, d.load_size, d.image_size) == ("shorter_full", 256, 224)
   assert d.eval_crop_fraction * 256 == 224
   assert (tuple(d.mean), tuple(d.std)) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-  assert c.eval_every_epochs == 1  # distill.py:255: the test split every epoch, best kept
+  assert c.eval_every_epochs == 1  # objective.py:255: the test split every epoch, best kept
   c = _config("paper_a.py", "data=cifar100,arm=scratch")
   # datasets.py:700-713: Resize(256) (bilinear) + RandomCrop(224) + flip; train_fr.py:56-62:
   # AdamW defaults; scripts/train_fr.sh --epochs=250
@@ -93,7 +96,7 @@ def test_paper_a_teachers_probe_and_caltech_classes():
   assert c.data.augment.kind == "rrc_flip_diffaug"
   c.teacher.mode = "cached"  # one DiffAugment operation per batch: a cache cannot replay it
   with pytest.raises(errors.UserError, match="teacher.mode=online"):
-    configlib.validate(c)
+    validate.check(c)
 
 
 # ------------------------------------------------------------------------------ paper B
@@ -159,19 +162,20 @@ def dinov2_and_clip(tmp_path_factory):
                                                              image_size=224, **vit)
                                ).eval().save_pretrained(clip)
   _save_processor(clip, "CLIPImageProcessor", {"shortest_edge": 224},
-                  {"height": 224, "width": 224}, distill.VIEW_NORMS["openai_clip"][0],
-                  distill.VIEW_NORMS["openai_clip"][1])
+                  {"height": 224, "width": 224}, teacher_views.VIEW_NORMS["openai_clip"][0],
+                  teacher_views.VIEW_NORMS["openai_clip"][1])
   return str(dino), str(clip)
 
 
 def test_each_teacher_gets_its_own_view_of_the_shared_image(dinov2_and_clip):
   """One distiller, two teachers: DINOv2 at the AFT reference's 518 px / crop 1.0 and CLIP at
   its checkpoint's 224 px with its own normalisation, fed from one student batch."""
-  loaded = [teachers.load(p) for p in dinov2_and_clip]
-  views = [distill.view_of(t, v) for t, v in zip(loaded, distill.parse_views("518/1.0,", 2))]
+  loaded = [pretrained.load(p) for p in dinov2_and_clip]
+  views = [teacher_views.view_of(t, v)
+           for t, v in zip(loaded, teacher_views.parse_views("518/1.0,", 2))]
   assert [(v.image_size, v.crop_fraction) for v in views] == [((518, 518), 1.0),
                                                               ((224, 224), 1.0)]
-  own = distill.view_of(loaded[0])  # the HF processor alone: the central 224 of 256
+  own = teacher_views.view_of(loaded[0])  # the HF processor alone: the central 224 of 256
   assert (own.image_size, own.crop_fraction, own.resample) == ((224, 224), 224 / 256, "cubic")
   seen = []
 
@@ -182,15 +186,15 @@ def test_each_teacher_gets_its_own_view_of_the_shared_image(dinov2_and_clip):
     return dataclasses.replace(view, apply=apply)
 
   data_mean, data_std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-  d = distill.Distiller(configlib.base().loss, [spy(v) for v in views], 10, 8, data_mean,
+  d = objective.Distiller(configlib.base().loss, [spy(v) for v in views], 10, 8, data_mean,
                         data_std)
   colour = np.asarray([40.0, 128.0, 200.0])  # a flat image: any resize keeps it
   student = np.broadcast_to((colour / 255 - 0.5) / 0.25, (2, 32, 48, 3)).astype(np.float32)
   out = d.teacher_outputs([t.variables for t in loaded], jnp.asarray(student))
   assert out["features"].shape == (2, 32)
   assert [s.shape for s in seen] == [(2, 518, 518, 3), (2, 224, 224, 3)]
-  for pixels, (mean, std) in zip(seen, [distill.VIEW_NORMS["imagenet"],
-                                        distill.VIEW_NORMS["openai_clip"]]):
+  for pixels, (mean, std) in zip(seen, [teacher_views.VIEW_NORMS["imagenet"],
+                                        teacher_views.VIEW_NORMS["openai_clip"]]):
     want = (colour / 255 - np.asarray(mean)) / np.asarray(std)
     np.testing.assert_allclose(pixels, np.broadcast_to(want, pixels.shape), atol=1e-4)
 
@@ -198,11 +202,11 @@ def test_each_teacher_gets_its_own_view_of_the_shared_image(dinov2_and_clip):
 def test_a_teacher_view_crops_then_resizes_as_pil(dinov2_and_clip):
   """The checkpoint's own view (central 224/256, bicubic) of a random image against PIL's
   centre crop and bicubic resize of the same pixels (HF processors resize through PIL)."""
-  view = distill.view_of(teachers.load(dinov2_and_clip[0]))
+  view = teacher_views.view_of(pretrained.load(dinov2_and_clip[0]))
   view = dataclasses.replace(view, image_size=(28, 28))  # a small output: a fast test
   rng = np.random.default_rng(0)
   image = rng.uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
-  got = np.asarray(distill.to_teacher_pixels(jnp.asarray(image / 255.0), (0, 0, 0), (1, 1, 1),
+  got = np.asarray(teacher_views.to_teacher_pixels(jnp.asarray(image / 255.0), (0, 0, 0), (1, 1, 1),
                                              view))
   crop = image[0, 4:60, 4:60]  # round(64 * 0.875) = 56, offset round(8 / 2) = 4
   want = np.stack([np.asarray(Image.fromarray(crop[..., ch], mode="F").resize(
@@ -212,12 +216,12 @@ def test_a_teacher_view_crops_then_resizes_as_pil(dinov2_and_clip):
 
 
 def test_teacher_views_are_validated():
-  assert distill.parse_views("", 2) == [None, None]
-  assert distill.parse_views("518/1.0, 224/0.875/inception", 2) == [
+  assert teacher_views.parse_views("", 2) == [None, None]
+  assert teacher_views.parse_views("518/1.0, 224/0.875/inception", 2) == [
       (518, 1.0, None), (224, 0.875, "inception")]
   for bad in ("518", "0/1.0,", "224/1.5,", "224/1.0/imagenett,"):
     with pytest.raises(errors.UserError):
-      distill.parse_views(bad, 2)
+      teacher_views.parse_views(bad, 2)
 
 
 # ------------------------------------------------------------------------------ DiffAugment
@@ -320,8 +324,8 @@ def test_random_resized_crop_box_is_torchvisions():
 def test_aft_without_kernel_is_a_prior_term_against_numpy():
   cfg = configlib.base().loss
   cfg.aft_weight, cfg.aft_kernel = 2.0, "none"
-  view = distill.TeacherView("t", None, (8, 8), 1 / 255, (0, 0, 0), (1, 1, 1), 6, None)
-  d = distill.Distiller(cfg, [view], 10, 4, (0, 0, 0), (1, 1, 1))
+  view = teacher_views.TeacherView("t", None, (8, 8), 1 / 255, (0, 0, 0), (1, 1, 1), 6, None)
+  d = objective.Distiller(cfg, [view], 10, 4, (0, 0, 0), (1, 1, 1))
   aux = d.init_aux(jax.random.key(0))
   assert set(aux) == {"aft_map"} and aux["aft_map"]["kernel"].shape == (6, 4)
   bound = 1 / np.sqrt(6)  # torch nn.Linear(6, 4)'s init (prior.py:233)
@@ -415,15 +419,14 @@ def test_evaluation_every_epoch(tfds_dir, tmp_path):
 
   from conftest import tiny_config
 
-  from kdjax import train
   c = tiny_config(tfds_dir)
   c.total_steps, c.eval_every_steps = 6, None
   c.eval_every_epochs = 2 / 80  # 80 steps per epoch (tiny_config): every 2 steps
-  train.train_and_evaluate(c, str(tmp_path))
+  trainer.train_and_evaluate(c, str(tmp_path))
   with open(tmp_path / "metrics.jsonl") as f:
     rows = [json.loads(line) for line in f]
   assert rows[0]["epoch"] == pytest.approx(1 / 80)
   assert [r["step"] for r in rows if "val/accuracy" in r or "test/accuracy" in r] == [2, 4, 6]
   c.eval_every_steps = 3
   with pytest.raises(errors.UserError, match="only one of eval_every_steps"):
-    configlib.validate(c)
+    validate.check(c)

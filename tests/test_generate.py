@@ -95,8 +95,8 @@ def test_an_image_depends_only_on_its_prompt_and_seed(generated, tiny_sd):
 
 
 def test_training_runs_on_real_plus_synthetic_rows(generated, tfds_dir, tmp_path):
-  from kdjax import train
   from kdjax.data import pipeline
+  from kdjax.train import trainer
   directory, _ = generated
   config = tiny_config(tfds_dir, **{"data.synthetic": directory})
   real = pipeline.build(tiny_config(tfds_dir).data, _mesh(), 0, 16, 32).train
@@ -108,7 +108,7 @@ def test_training_runs_on_real_plus_synthetic_rows(generated, tfds_dir, tmp_path
   np.testing.assert_array_equal(labels, [ex["label"] for ex in examples])
   np.testing.assert_array_equal(images, np.stack([ex["image"] for ex in examples]))
 
-  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
   assert int(result.state.step) == config.total_steps
   assert np.isfinite(result.metrics["test/loss"])
 

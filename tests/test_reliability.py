@@ -5,7 +5,7 @@ another config's run is refused; 8 devices in one process and 2 processes under 
 train like 1 device. The uninterrupted run also checks the logs, evaluations and cost record.
 
 Every run is `python -m kdjax.main` in a subprocess (tiny ResNet-18 at width 8 on 8 px digits,
-12 steps of 16). KDJAX_TRAIN_THROTTLE_S makes each step last a little longer, so a signal can be
+12 steps of 16). tests/throttled.py makes each step last a little longer, so a signal can be
 sent part-way through.
 """
 
@@ -20,12 +20,19 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY_TOTAL_STEPS, snapshot, tiny_cli_args, with_test_flags
+from conftest import (
+  REPO,
+  TINY_TOTAL_STEPS,
+  snapshot,
+  throttled,
+  tiny_cli_args,
+  with_test_flags,
+)
 
 from kdjax import checkpoint, errors, runtime
 
 TOTAL = TINY_TOTAL_STEPS
-THROTTLE = {"KDJAX_TRAIN_THROTTLE_S": "0.2"}
+THROTTLE_S = 0.2  # per step (tests/throttled.py)
 
 
 def _cmd(tfds_dir, workdir, *extra):
@@ -68,7 +75,7 @@ def _wait_for(log, pattern, procs, exists=None, timeout=300):
 
 def _run_until(cmd, pattern, sig, log, exists=None):
   """Runs `cmd` (steps slowed down), sends `sig` once `pattern` is logged; (status, log)."""
-  proc = _start(cmd, log, THROTTLE)
+  proc = _start(throttled(cmd, "train", THROTTLE_S), log)
   try:
     _wait_for(log, pattern, [proc], exists)
     proc.send_signal(sig)
@@ -326,11 +333,13 @@ def test_two_processes_equal_one_and_stop_together(tfds_dir, reference, tmp_path
   after 4 steps at 1e-5 and the losses of all 12 steps at 1e-3."""
   work = tmp_path / "two"
 
-  def launch(name, env_extra):
+  def launch(name, throttle=None):
     port = _free_port()
     logs = [tmp_path / f"{name}{i}.log" for i in range(2)]
-    procs = [_start(_cmd(tfds_dir, work, "--distributed"), logs[i], {
-        **env_extra, "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
+    cmd = _cmd(tfds_dir, work, "--distributed")
+    cmd = throttled(cmd, "train", throttle) if throttle else cmd
+    procs = [_start(cmd, logs[i], {
+        "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
         "JAX_PROCESS_ID": str(i)}) for i in range(2)]
     return procs, logs
 
@@ -344,7 +353,7 @@ def test_two_processes_equal_one_and_stop_together(tfds_dir, reference, tmp_path
         p.wait()
     return [p.returncode for p in procs], [log.read_text() for log in logs]
 
-  procs, logs = launch("stopped", THROTTLE)
+  procs, logs = launch("stopped", THROTTLE_S)
   try:
     _wait_for(logs[0], f"step 5/{TOTAL}", procs)
     procs[1].send_signal(signal.SIGTERM)
@@ -356,7 +365,7 @@ def test_two_processes_equal_one_and_stop_together(tfds_dir, reference, tmp_path
   assert stopped[0] == stopped[1] and 5 <= stopped[0] < TOTAL, stopped
   assert 4 in _steps(work) and stopped[0] in _steps(work)
 
-  status, text = finish(*launch("resumed", {}))
+  status, text = finish(*launch("resumed"))
   assert status == [0, 0], text[0][-3000:]
   assert f"resumed from step {stopped[0]}" in text[0]
 

@@ -64,4 +64,4 @@ def test_unknown_student_lists_valid_names():
   cfg = ml_collections.ConfigDict({"name": "resnet19", "dtype": "float32", "pretrained": "",
                                    "freeze_backbone": False, "param_sharding": "replicate"})
   with pytest.raises(ValueError, match="resnet18"):
-    models.build_student(cfg, 10)
+    models.build(cfg, 10)

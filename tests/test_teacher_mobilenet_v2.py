@@ -20,8 +20,8 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from kdjax.models.teachers import mobilenet_v2 as mnv2
-from kdjax.models.teachers.common import Tensors
+from kdjax.models.hf import mobilenet_v2 as mnv2
+from kdjax.models.hf.common import Tensors
 
 # Every option a Hub checkpoint varies, and both padding modes, across four tiny models.
 CONFIGS = {
@@ -283,16 +283,16 @@ def test_new_head(cases, name):
   assert params["classifier"]["kernel"].shape == (width, 7)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kdjax.teachers") is None,
-                    reason="kdjax.teachers not written yet")
+@pytest.mark.skipif(importlib.util.find_spec("kdjax.hf.pretrained") is None,
+                    reason="kdjax.hf.pretrained not written yet")
 @pytest.mark.parametrize("name", ["symmetric_head", "tf_padding"])
 def test_public_loader(cases, name):
-  """Through teachers.load, i.e. with kdjax's CPU convolutions (depthwise as shifted sums) and
+  """Through pretrained.load, i.e. with kdjax's CPU convolutions (depthwise as shifted sums) and
   TF "SAME" padding as Hub checkpoints use it."""
-  from kdjax import teachers
+  from kdjax.hf import pretrained
 
   case = cases(name)  # symmetric_head: ForImageClassification, "mobilenet_v2." + "classifier."
-  teacher = teachers.load(str(case.path))
+  teacher = pretrained.load(str(case.path))
   x = _inputs(ODD)
   want = case.torch_outputs(x)
   got = teacher(x)

@@ -1,4 +1,4 @@
-"""ViT / DINOv2 / CLIP teachers (kdjax/models/teachers/vit.py): parity with HF PyTorch.
+"""ViT / DINOv2 / CLIP teachers (kdjax/models/hf/vit.py): parity with HF PyTorch.
 
 Every model is a tiny random HF model built and `save_pretrained` (safetensors) by the test, with
 all weights re-drawn so nothing is an identity (layer norms, biases, layer scales) and attention
@@ -16,8 +16,8 @@ import safetensors.numpy
 import torch
 import transformers
 
-from kdjax.models.teachers import vit
-from kdjax.models.teachers.common import Tensors
+from kdjax.models.hf import vit
+from kdjax.models.hf.common import Tensors
 
 TOL = 1e-4  # fp32 parity bound of the task
 # bf16: max |jax bf16 - torch fp32| <= BF16_TOL * max |torch fp32|, per output. bf16 keeps 8
@@ -160,7 +160,7 @@ CASES = {
 
 
 def load_dir(path, dtype=jnp.float32, num_classes=None):
-  """config.json + model.safetensors -> (module, variables), as kdjax.teachers.load does it,
+  """config.json + model.safetensors -> (module, variables), as kdjax.hf.pretrained.load does it,
   checking that every tensor is used and the variables match the module's exactly."""
   with open(path / "config.json") as f:
     config = json.load(f)
@@ -325,14 +325,14 @@ def test_dropout_only_when_configured(tmp_path):
 
 def test_teachers_load(cases):
   """The public loader on these checkpoints: prefixes, skipped text tower, a new head."""
-  from kdjax import teachers
+  from kdjax.hf import pretrained
 
   shape = NATIVE[1]
   x = jnp.asarray(_inputs(shape).transpose(0, 2, 3, 1))
   case = cases("clip_full")
-  _check(teachers.load(str(case["path"]))(x), _reference(case, shape), TOL, "load clip_full")
+  _check(pretrained.load(str(case["path"]))(x), _reference(case, shape), TOL, "load clip_full")
   case = cases("dinov2_classification")
-  teacher = teachers.load(str(case["path"]), num_classes=7)
+  teacher = pretrained.load(str(case["path"]), num_classes=7)
   out = teacher(x)
   np.testing.assert_allclose(out["features"], _reference(case, shape)["features"], atol=TOL,
                              rtol=0)

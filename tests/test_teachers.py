@@ -1,4 +1,4 @@
-"""teachers.load: ResNet parity with HF PyTorch, the HF cache and offline mode, safety, sharding.
+"""pretrained.load: ResNet parity with HF PyTorch, the HF cache and offline mode, safety, sharding.
 
 Every model here is a tiny random HF model built and `save_pretrained` by the test; torch 2.13 on
 CPU is the numerical oracle. Nothing is downloaded.
@@ -15,7 +15,9 @@ import torch
 import transformers
 from conftest import run_python
 
-from kdjax import runtime, teachers
+from kdjax import errors, runtime
+from kdjax.hf import hub, preprocessing, pretrained
+from kdjax.hf import safetensors as st_files
 
 TOL = 1e-4  # fp32 parity bound of the issue; measured ~5e-6 on these ResNets
 
@@ -72,7 +74,7 @@ def saved_resnets(tmp_path_factory):
 @pytest.mark.parametrize("head", [False, True], ids=["ResNetModel", "ForImageClassification"])
 def test_resnet_matches_pytorch(saved_resnets, layer_type, head):
   model, path = saved_resnets[layer_type, head]
-  teacher = teachers.load(path)
+  teacher = pretrained.load(path)
   keys = ["logits"] if head else ["last_hidden_state", "pooler_output"]
   for shape in [(1, 3, 32, 32), (3, 3, 32, 32), (3, 3, 40, 56)]:  # batch 1, 3, non-square
     _compare(model, teacher, shape, keys)
@@ -88,7 +90,7 @@ def test_resnet_bfloat16_is_close(saved_resnets):
   cast (e.g. BN statistics in bf16 with a large mean) while tolerating rounding.
   """
   model, path = saved_resnets["bottleneck", True]
-  teacher = teachers.load(path, dtype="bfloat16")
+  teacher = pretrained.load(path, dtype="bfloat16")
   x = np.random.RandomState(0).randn(3, 3, 32, 32).astype(np.float32)
   with torch.no_grad():
     ref = model(torch.from_numpy(x)).logits.numpy()
@@ -99,21 +101,21 @@ def test_resnet_bfloat16_is_close(saved_resnets):
 
 def test_new_head_and_no_head(saved_resnets):
   _, path = saved_resnets["basic", True]
-  probe = teachers.load(path, num_classes=7)
+  probe = pretrained.load(path, num_classes=7)
   out = probe(jnp.ones((2, 32, 32, 3)))
   assert out["logits"].shape == (2, 7) and float(jnp.abs(out["logits"]).max()) == 0.0
-  assert "logits" not in teachers.load(path, num_classes=0)(jnp.ones((2, 32, 32, 3)))
+  assert "logits" not in pretrained.load(path, num_classes=0)(jnp.ones((2, 32, 32, 3)))
 
 
 def test_sharded_checkpoint_and_bf16_weights(tmp_path):
   model = _tiny_resnet("bottleneck", True)
   model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
-  assert (tmp_path / "sharded" / teachers.SAFETENSORS_INDEX).is_file()
-  _compare(model, teachers.load(str(tmp_path / "sharded")), (2, 3, 32, 32), ["logits"])
+  assert (tmp_path / "sharded" / hub.SAFETENSORS_INDEX).is_file()
+  _compare(model, pretrained.load(str(tmp_path / "sharded")), (2, 3, 32, 32), ["logits"])
   # A checkpoint stored in bfloat16: widened exactly, outputs equal the bf16-weight model's.
   model_bf16 = _tiny_resnet("basic", True).to(torch.bfloat16)
   model_bf16.save_pretrained(tmp_path / "bf16")
-  arrays = teachers.read_safetensors(tmp_path / "bf16" / teachers.SAFETENSORS_NAME)
+  arrays = st_files.read_safetensors(tmp_path / "bf16" / hub.SAFETENSORS_NAME)
   for name, value in model_bf16.state_dict().items():
     np.testing.assert_array_equal(arrays[name], value.float().numpy(), err_msg=name)
 
@@ -122,9 +124,9 @@ def test_pickle_checkpoint_is_refused(tmp_path):
   model = _tiny_resnet("basic", False)
   model.save_pretrained(tmp_path, safe_serialization=False)
   assert (tmp_path / "pytorch_model.bin").is_file()
-  with pytest.raises(teachers.TeacherLoadError, match="refusing to load the pickle.*"
+  with pytest.raises(errors.TeacherLoadError, match="refusing to load the pickle.*"
                      "transformers.ResNetModel.from_pretrained.*safe_serialization=True"):
-    teachers.load(str(tmp_path))
+    pretrained.load(str(tmp_path))
 
 
 def test_mismatched_or_truncated_checkpoints_name_the_problem(saved_resnets, tmp_path):
@@ -133,21 +135,21 @@ def test_mismatched_or_truncated_checkpoints_name_the_problem(saved_resnets, tmp
   config = json.loads((tmp_path / "wrong" / "config.json").read_text())
   config["depths"] = [1, 1, 1, 1]
   (tmp_path / "wrong" / "config.json").write_text(json.dumps(config))
-  with pytest.raises(teachers.TeacherLoadError, match="encoder.stages.1.layers.1"):
-    teachers.load(str(tmp_path / "wrong"))
+  with pytest.raises(errors.TeacherLoadError, match="encoder.stages.1.layers.1"):
+    pretrained.load(str(tmp_path / "wrong"))
   shutil.copytree(path, tmp_path / "cut")
-  weights = tmp_path / "cut" / teachers.SAFETENSORS_NAME
+  weights = tmp_path / "cut" / hub.SAFETENSORS_NAME
   weights.write_bytes(weights.read_bytes()[:-100])
-  with pytest.raises(teachers.TeacherLoadError, match="truncated"):
-    teachers.load(str(tmp_path / "cut"))
+  with pytest.raises(errors.TeacherLoadError, match="truncated"):
+    pretrained.load(str(tmp_path / "cut"))
   config["model_type"] = "swin"
   (tmp_path / "wrong" / "config.json").write_text(json.dumps(config))
-  with pytest.raises(teachers.TeacherLoadError, match="'swin' is not supported.*resnet"):
-    teachers.load(str(tmp_path / "wrong"))
-  with pytest.raises(teachers.TeacherLoadError, match="no such directory"):
-    teachers.load(str(tmp_path / "absent"))
-  with pytest.raises(teachers.TeacherLoadError, match="nor a valid Hub id"):
-    teachers.load("not an id!")
+  with pytest.raises(errors.TeacherLoadError, match="'swin' is not supported.*resnet"):
+    pretrained.load(str(tmp_path / "wrong"))
+  with pytest.raises(errors.TeacherLoadError, match="no such directory"):
+    pretrained.load(str(tmp_path / "absent"))
+  with pytest.raises(errors.TeacherLoadError, match="nor a valid Hub id"):
+    pretrained.load("not an id!")
 
 
 def test_hub_ids_resolve_through_the_hf_cache_offline(saved_resnets, tmp_path):
@@ -159,9 +161,9 @@ def test_hub_ids_resolve_through_the_hf_cache_offline(saved_resnets, tmp_path):
   (repo / "refs").mkdir()
   (repo / "refs" / "main").write_text(commit)
   env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-  script = ("import sys\nfrom kdjax import teachers\n"
-            "try:\n  print('LOADED', teachers.load(sys.argv[1]).directory)\n"
-            "except teachers.TeacherLoadError as e:\n  print('ERROR', e)\n")
+  script = ("import sys\nfrom kdjax.hf import pretrained\n"
+            "try:\n  print('LOADED', pretrained.load(sys.argv[1]).directory)\n"
+            "except errors.TeacherLoadError as e:\n  print('ERROR', e)\n")
   hit = run_python(["-c", script, "kdjax-test/tiny-resnet"], env_extra=env)
   assert f"LOADED {repo / 'snapshots' / commit}" in hit.stdout, hit.stderr[-2000:]
   # A partial snapshot (config only, no weights) says so and how to complete it.
@@ -184,13 +186,14 @@ def test_fsdp_sharded_teacher_equals_replicated(saved_resnets):
   _, path = saved_resnets["bottleneck", True]
   script = f"""
 import jax, jax.numpy as jnp, numpy as np
-from kdjax import teachers, sharding
+from kdjax import sharding
+from kdjax.hf import pretrained
 mesh = sharding.make_mesh()
 assert mesh.devices.size == 8
 x = jnp.asarray(np.random.RandomState(0).randn(8, 32, 32, 3), jnp.float32)
-rep = teachers.load({path!r}, mesh=mesh)
+rep = pretrained.load({path!r}, mesh=mesh)
 # fsdp_min_size: the tiny test model's big kernels hold a few thousand values
-fsdp = teachers.load({path!r}, mesh=mesh, param_sharding="fsdp", fsdp_min_size=512)
+fsdp = pretrained.load({path!r}, mesh=mesh, param_sharding="fsdp", fsdp_min_size=512)
 split = [l for l in jax.tree.leaves(fsdp.variables) if not l.sharding.is_fully_replicated]
 big = max(jax.tree.leaves(fsdp.variables), key=lambda l: l.size)  # 3x3x24x24 or so
 print("SPLIT", len(split), big.addressable_shards[0].data.size * 8 == big.size)
@@ -225,7 +228,7 @@ def test_preprocess_follows_the_checkpoints_preprocessor_config(processor, tmp_p
   images = np.asarray(jax.image.resize(small, (2, 300, 400, 3), "linear"))
   images = images.round().clip(0, 255).astype(np.uint8)  # smooth, like photographs
   ref = hf(list(images), return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
-  out = np.asarray(teachers.preprocessing_from(tmp_path, {})(images))
+  out = np.asarray(preprocessing.preprocessing_from(tmp_path, {})(images))
   assert out.shape == ref.shape == (2, 224, 224, 3)
   level = 1 / 255 / np.asarray(hf.image_std).min()
   assert np.abs(out - ref).max() <= 3 * level and np.abs(out - ref).mean() <= 0.005
@@ -239,10 +242,10 @@ def test_preprocess_crop_pct_only_for_convnext_processors(tmp_path):
           "image_std": [0.5] * 3}
   stale = dict(base, image_processor_type="MobileNetV2ImageProcessor", crop_pct=0.875)
   (tmp_path / "preprocessor_config.json").write_text(json.dumps(stale))
-  pre = teachers.preprocessing_from(tmp_path, {})
+  pre = preprocessing.preprocessing_from(tmp_path, {})
   assert pre.resize == ("shortest_edge", 256) and pre.crop == (224, 224)
   convnext = {"image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": 224}}
   (tmp_path / "preprocessor_config.json").write_text(json.dumps(convnext))
-  pre = teachers.preprocessing_from(tmp_path, {})
+  pre = preprocessing.preprocessing_from(tmp_path, {})
   assert pre.resize == ("shortest_edge", 256) and pre.crop == (224, 224)
   assert pre(np.zeros((1, 300, 400, 3), np.uint8)).shape == (1, 224, 224, 3)

@@ -1,7 +1,8 @@
-"""The transfer miniature (kdjax/transfer.py, configs/transfer.py, experiments/transfer.py): fast
-checks, no training. The dry run's commands are the stages run_all runs, each parsing into a
-valid locked config; every student arm trains the same steps and batch on the same data; the
-statistics equal hand computations (Student's t from its table, not from scipy)."""
+"""The transfer miniature (kdjax/tools/transfer.py, configs/transfer.py,
+experiments/transfer.py): fast checks, no training. The dry run's commands are the stages
+run_all runs, each parsing into a valid locked config; every student arm trains the same steps
+and batch on the same data; the statistics equal hand computations (Student's t from its
+table, not from scipy)."""
 
 import os
 import shlex
@@ -13,7 +14,8 @@ import pytest
 from conftest import REPO
 from ml_collections import config_flags
 
-from kdjax import configlib, transfer
+from kdjax import stats, validate
+from kdjax.tools import transfer
 
 
 def _parse(args: list[str]):
@@ -43,7 +45,7 @@ def test_dry_run_lists_every_stage_with_configs_that_validate(tmp_path, monkeypa
   configs = {}
   for args in mains:
     config, workdir = _parse(args)
-    configlib.validate(config)
+    validate.check(config)
     rel = os.path.relpath(workdir, root)
     configs[rel] = config
   arms = {k: c for k, c in configs.items() if os.path.basename(k) in transfer.ARMS}
@@ -100,26 +102,26 @@ def test_write_architectures_gives_configs_transformers_reads(tmp_path):
 
 def test_interval_and_paired_differences_by_hand():
   t_975_df2 = 4.302652729911275  # Student's t table, 97.5% quantile, 2 degrees of freedom
-  mean, half = transfer.interval([0.90, 0.92, 0.97])
+  mean, half = stats.interval([0.90, 0.92, 0.97])
   assert mean == pytest.approx(0.93)
   assert half == pytest.approx(t_975_df2 * np.std([0.90, 0.92, 0.97], ddof=1) / np.sqrt(3))
-  assert transfer.interval([0.5]) == (0.5, None)
+  assert stats.interval([0.5]) == (0.5, None)
   runs = [{"stage": a, "seed": s, "n_per_class": 5, "test_accuracy": acc}
           for a, s, acc in [("scratch", 0, 0.80), ("scratch", 1, 0.70), ("scratch", 2, 0.90),
                             ("distill", 0, 0.85), ("distill", 1, 0.76), ("distill", 2, 0.94),
                             ("distill", 3, 0.99)]]  # seed 3 has no scratch: not paired
-  d = transfer.paired(runs, "distill", "scratch", 5)
+  d = stats.paired(runs, "distill", "scratch", 5)
   diffs = [0.05, 0.06, 0.04]
   assert d["seeds"] == [0, 1, 2] and d["differences"] == pytest.approx(diffs)
   assert d["mean"] == pytest.approx(0.05)
   assert d["ci95"] == pytest.approx(t_975_df2 * np.std(diffs, ddof=1) / np.sqrt(3))
-  assert transfer.verdict(d) == "better"  # 0.05 +- 0.0248
-  assert transfer.verdict(transfer.paired(runs, "scratch", "distill", 5)) == "worse"
+  assert stats.verdict(d) == "better"  # 0.05 +- 0.0248
+  assert stats.verdict(stats.paired(runs, "scratch", "distill", 5)) == "worse"
   noisy = [dict(r) for r in runs]
   noisy[3]["test_accuracy"] = 0.70  # differences -0.10, +0.06, +0.04: the interval spans 0
-  assert transfer.verdict(transfer.paired(noisy, "distill", "scratch", 5)) == "no effect"
-  assert transfer.paired(runs, "distill", "scratch", 20) is None
-  agg = transfer.aggregate(runs)
+  assert stats.verdict(stats.paired(noisy, "distill", "scratch", 5)) == "no effect"
+  assert stats.paired(runs, "distill", "scratch", 20) is None
+  agg = stats.aggregate(runs)
   assert agg[(5, "distill")]["seeds"] == [0, 1, 2, 3]
   assert agg[(5, "scratch")]["mean"] == pytest.approx(0.80)
 
@@ -171,4 +173,4 @@ def test_console_filter_drops_library_chatter_keeps_warnings():
   assert not keep(record("/site/jax/_src/xla_bridge.py", logging.INFO, "Unable to initialize"))
   assert keep(record("/site/orbax/checkpoint/manager.py", logging.WARNING, "disk full"))
   assert keep(record("/site/orbax/checkpoint/manager.py", logging.ERROR, "read_only=True"))
-  assert keep(record("/work/kdjax/train.py", logging.INFO, "step 100/300"))
+  assert keep(record("/work/kdjax/train/trainer.py", logging.INFO, "step 100/300"))

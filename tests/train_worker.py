@@ -8,11 +8,11 @@ import jax
 import numpy as np
 from conftest import tiny_config
 
-from kdjax import train
+from kdjax.train import trainer
 
 
 def main(tfds_dir, workdir, out, overrides):
-  result = train.train_and_evaluate(tiny_config(tfds_dir, **json.loads(overrides)), workdir)
+  result = trainer.train_and_evaluate(tiny_config(tfds_dir, **json.loads(overrides)), workdir)
   flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in
           jax.tree_util.tree_leaves_with_path({"params": result.state.params,
                                                "batch_stats": result.state.batch_stats})}

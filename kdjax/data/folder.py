@@ -23,7 +23,7 @@ import re
 import shutil
 import tempfile
 
-from kdjax import errors
+from kdjax import cli, errors
 
 VERSION = "1.0.0"
 _SHOWN = 5  # undecodable files named in the error; the rest are counted
@@ -226,7 +226,6 @@ def run():
   # kdjax.main's flags (--overwrite) would clash with these.
   from absl import flags
 
-  from kdjax import cli
 
   flags.DEFINE_string("src", None, "SRC/<split>/<class>/<image> (train/ required).")
   flags.DEFINE_string("data_dir", None, "TFDS data directory to write DIR/NAME/ into.")

@@ -68,7 +68,7 @@ class TrainInput:
       self._pending: dict[int, concurrent.futures.Future] = {}
 
   def attach_cache(self, cache) -> None:
-    """Train on cached teacher outputs (kdjax/teacher_cache.py): each example of an epoch
+    """Train on cached teacher outputs (kdjax/distill/teacher_cache.py): each example of an epoch
     takes one of the cache's K augmented views (drawn from (seed, epoch)), augmented from that
     view's seed exactly as when the teachers saw it, with the teachers' outputs for that view
     in the batch ("teacher_features", "teacher_logits")."""

@@ -1,14 +1,20 @@
-"""Classification evaluator: accuracy and CE over an eval set, each example counted once; with
+"""Classification evaluator: accuracy and CE over each eval set, each example counted once; with
 teachers, also the teachers' accuracy and the student-teacher top-1 agreement.
 
 Sums are accumulated on device over padded batches whose padding has mask 0 (scenic's
 (sum, count) pattern), then divided once on the host. float32 sums of 0/1 are exact below 2**24
-examples. The teachers are frozen, so their predictions on an eval set are computed once
-(`teacher_predictions`) and fed to every later evaluation of the student.
+examples. The teachers are frozen, so their predictions on an eval set are computed once per
+run and fed to every later evaluation of the student. The evaluator owns its jitted functions
+and counts their FLOPs.
 """
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from absl import logging
+
+from kdjax import steps
 
 
 def teacher_predictions(predict_step, teacher_vars, eval_input) -> list:
@@ -31,3 +37,44 @@ def evaluate(eval_step, variables, eval_input, teacher_preds=None) -> dict:
     out["teacher_accuracy"] = float(totals["teacher_correct"]) / count
     out["agreement"] = float(totals["agree"]) / count
   return out
+
+
+class Evaluator:
+  """Evaluates a student on every eval set: `evaluator(step, variables)` -> {"set/metric": v}.
+
+  predict(variables, images) -> logits; `variables_sharding`: the sharding of what `predict`
+  reads; `teacher_predict(teacher_vars, images)` -> the teachers' predicted class (None: no
+  teacher metrics). `abstract_batch(size, with_mask)` gives the FLOP count's inputs."""
+
+  def __init__(self, predict: Callable, evals: dict, num_classes: int, variables_sharding,
+               batch_sharding, replicated, eval_batch_size: int, abstract_batch: Callable,
+               teacher_predict: Callable | None = None, teacher_vars=(), teacher_sharding=None):
+    self.evals, self.teacher_vars = evals, teacher_vars
+    self.step = jax.jit(steps.make_eval_step(predict, num_classes),
+                        in_shardings=(variables_sharding, batch_sharding),
+                        out_shardings=replicated)
+    self.predict_teacher = None if teacher_predict is None else jax.jit(
+        teacher_predict, in_shardings=(teacher_sharding, batch_sharding),
+        out_shardings=batch_sharding)
+    self._batch = abstract_batch(eval_batch_size, with_mask=True)
+    self._flops_per_batch = None
+    self._teacher_preds = {}  # eval set -> the teachers' predictions (computed once per run)
+
+  def __call__(self, step: int, variables, add_flops: Callable = lambda f: None) -> dict:
+    if self._flops_per_batch is None:
+      self._flops_per_batch = steps.xla_flops(self.step, variables, self._batch)
+    out = {}
+    for name, ev in self.evals.items():
+      if self.predict_teacher is not None and name not in self._teacher_preds:
+        self._teacher_preds[name] = teacher_predictions(self.predict_teacher, self.teacher_vars,
+                                                        ev)
+        add_flops(ev.num_batches * steps.xla_flops(self.predict_teacher, self.teacher_vars,
+                                                   self._batch_images()))
+      for k, v in evaluate(self.step, variables, ev, self._teacher_preds.get(name)).items():
+        out[f"{name}/{k}"] = v
+      add_flops(self._flops_per_batch * ev.num_batches)
+    logging.info("eval at step %d: %s", step, out)
+    return out
+
+  def _batch_images(self):
+    return self._batch["image"]

@@ -1,11 +1,17 @@
-"""Model construction from the config: one explicit table of students (no import-time registry)."""
+"""Model construction from the config: one explicit table of students and one of Hugging Face
+families (config.json `model_type` -> kdjax's Flax port in kdjax/models/hf/); no import-time
+registry. Loading pre-trained weights is kdjax/hf/load.py's."""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from kdjax import errors
-from kdjax.models import cpu_conv, hub
+from kdjax.models import cpu_conv
+from kdjax.models.hf import classifier
+from kdjax.models.hf import mobilenet_v2 as hf_mobilenet_v2
+from kdjax.models.hf import resnet as hf_resnet
+from kdjax.models.hf import vit as hf_vit
 from kdjax.models.students import mobilenet_v2, resnet
 from kdjax.sharding import PARAM_SHARDINGS
 
@@ -29,18 +35,25 @@ def _mobilenet_v2(num_classes, cfg, dtype, conv):
 
 
 STUDENTS = {"resnet18": _resnet18, "resnet34": _resnet34, "mobilenet_v2": _mobilenet_v2}
+# config.json `model_type` -> the family module that builds and converts it.
+FAMILIES = {"resnet": hf_resnet, "vit": hf_vit, "dinov2": hf_vit, "clip": hf_vit,
+            "clip_vision_model": hf_vit, "mobilenet_v2": hf_mobilenet_v2}
 
 
-def build_student(cfg: ml_collections.ConfigDict, num_classes: int):
-  """Builds the student named by `cfg.name`; unknown names list the valid ones."""
-  return build(cfg, num_classes)[0]
+def family_of(config: dict, name: str):
+  """The Flax family of a Hugging Face config.json; unsupported types list the supported."""
+  model_type = config.get("model_type")
+  if model_type not in FAMILIES:
+    raise errors.TeacherLoadError(f"teacher {name!r}: model_type {model_type!r} is not "
+                                  f"supported; supported: {sorted(FAMILIES)}")
+  return FAMILIES[model_type]
 
 
 def names(pretrained: bool) -> list[str]:
   """The valid `model.name`s: a random student, or with `model.pretrained` the architecture
   the checkpoint must have ("hub": whatever it is)."""
   if pretrained:
-    return sorted(hub.ARCHITECTURE_CHECKS) + ["hub"]
+    return sorted(classifier.ARCHITECTURE_CHECKS) + ["hub"]
   return sorted(STUDENTS) + ["hub"]
 
 
@@ -73,29 +86,25 @@ def check(cfg: ml_collections.ConfigDict) -> None:
                            "directory): set it, or model.freeze_backbone=False")
 
 
-def build(cfg: ml_collections.ConfigDict, num_classes: int, pretrained_dir=None,
-          hf_config: dict | None = None):
-  """(model, pre-trained variables or None) for `cfg`.
-
-  With `cfg.pretrained` (a Hub id or directory) the architecture and weights come from the
-  checkpoint (kdjax/models/hub.py); with `cfg.hub_config` the architecture of that Hugging Face
-  config, randomly initialised; otherwise the student `cfg.name`, randomly initialised.
-  `pretrained_dir`: the directory `cfg.pretrained` / `cfg.hub_config` already resolved to;
-  `hf_config`: `cfg.hub_config`'s config.json, already read (a run's hf_config.json).
-  """
+def build(cfg: ml_collections.ConfigDict, num_classes: int, hf_config: dict | None = None):
+  """The randomly initialised model of `config.model`: the student `cfg.name`, or with
+  `cfg.hub_config` the architecture of that Hugging Face config.json (`hf_config`, already read)
+  with a linear head. Pre-trained models (`cfg.pretrained`) are kdjax.hf.load.build_model's."""
   check(cfg)
   if cfg.pretrained:
-    return hub.build(cfg, num_classes, DTYPES[cfg.dtype], pretrained_dir)
+    raise errors.UserError(f"model.pretrained={cfg.pretrained!r}: load it with "
+                           "kdjax.hf.load.build_model, which reads the weights")
+  dtype, conv = DTYPES[cfg.dtype], conv_function(cfg.conv_impl)
   if cfg.hub_config:
     if hf_config is None:
-      from kdjax import teachers  # late: teachers imports this package
-
-      directory = pretrained_dir or teachers.resolve(cfg.hub_config)
-      hf_config = teachers.read_config(directory, cfg.hub_config)
-    return hub.build_random(cfg, num_classes, DTYPES[cfg.dtype], conv_function(cfg.conv_impl),
-                            hf_config), None
-  model = STUDENTS[cfg.name](num_classes, cfg, DTYPES[cfg.dtype], conv_function(cfg.conv_impl))
-  return model, None
+      raise errors.UserError(f"model.hub_config={cfg.hub_config!r}: pass its config.json "
+                             "(kdjax.hf.load.build_model reads it)")
+    backbone = family_of(hf_config, str(cfg.hub_config)).build(
+        hf_config, frozenset(), dtype=dtype, num_classes=None)
+    if hasattr(backbone, "conv"):
+      backbone = backbone.clone(conv=conv)
+    return classifier.HubClassifier(backbone, num_classes)
+  return STUDENTS[cfg.name](num_classes, cfg, dtype, conv)
 
 
 def conv_function(impl: str):

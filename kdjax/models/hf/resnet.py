@@ -2,7 +2,7 @@
 arXiv 1512.03385), e.g. microsoft/resnet-50 (bottleneck) and microsoft/resnet-18 (basic).
 
 The same module is the teacher (frozen, eval-mode batch norm) and, through
-`kdjax.models.hub`, a pre-trained student (trainable, batch statistics in train mode).
+`kdjax.models.hf.classifier`, a pre-trained student (trainable, batch statistics in train mode).
 Weights come from the checkpoint's safetensors names (`resnet.` prefix optional).
 """
 
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from kdjax import errors
-from kdjax.models.teachers import common
+from kdjax.models.hf import common
 
 MODEL_TYPES = ("resnet",)
 PREFIXES = ("resnet.",)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax import errors
-from kdjax.models.teachers.common import (
+from kdjax.models.hf.common import (
   Tensors,
   activation,
   conv_kernel,

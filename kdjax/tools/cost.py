@@ -1,7 +1,7 @@
 r"""Training-cost accounting, paper A's question: what did distillation cost against
 pre-training the same student on ImageNet and fine-tuning it on the task?
 
-  python -m kdjax.cost --workdir=runs/r18_cifar [--out=cost_accounting.json]
+  python -m kdjax.tools.cost --workdir=runs/r18_cifar [--out=cost_accounting.json]
 
 Distillation, as run (from the run's cost.json, XLA-counted FLOPs and measured wall time):
   the student run (train + eval steps, teachers online inside its steps) + the teacher cache
@@ -25,6 +25,9 @@ import os
 
 from absl import app, flags
 
+from kdjax import configlib, models, optim, runtime, steps
+from kdjax.data import sources
+
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ImageNet-1k (ILSVRC 2012) training split
 # Epochs of the standard recipe per student. Source: torchvision's reference training scripts
 # (github.com/pytorch/vision, references/classification): train.py's default --epochs 90 for the
@@ -44,9 +47,8 @@ def train_flops_per_image(model_cfg, image_size: int, num_classes: int, batch: i
   import jax
   import ml_collections
 
-  from kdjax import configlib, models, optim, steps
 
-  model = models.build_student(model_cfg, num_classes)
+  model = models.build(model_cfg, num_classes)
   opt = configlib.base().optimizer
   tx = optim.build(opt, optim.schedule(opt, 1000, 100))
   shape = (image_size, image_size, 3)
@@ -132,7 +134,6 @@ def account(workdir: str) -> dict:
 
 def _num_classes(config) -> int:
   """The task's class count, from its dataset's metadata (no image is read)."""
-  from kdjax.data import sources
 
   return sources.dataset_builder(config.data).info.features["label"].num_classes
 
@@ -167,7 +168,6 @@ _OUT = flags.DEFINE_string("out", "", "Also write the accounting as JSON here.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from kdjax import runtime
 
   runtime.configure(True)
   a = account(_WORKDIR.value)

@@ -32,18 +32,17 @@ views over-fit a small set, README's teacher-cache note), and the probe at 1e-2 
 `config_for("stage=...,n_per_class=...,seed=...,root=...")` is every run's kdjax config
 (configs/transfer.py exposes it to `python -m kdjax.main`); `run_all` runs the stages in order,
 skipping finished runs; `aggregate` and `paired` give means, 95% intervals and paired
-differences. experiments/transfer.py is the full grid; `python -m kdjax.demo` a small part.
+differences. experiments/transfer.py is the full grid; `python -m kdjax.tools.demo` a small part.
 """
 
 import json
-import os
 import time
 from pathlib import Path
 
 import ml_collections
-import numpy as np
 
-from kdjax import configlib, errors
+from kdjax import configlib, errors, export, files
+from kdjax.train import trainer
 
 P_DATA = "kdjax_mnist5k"
 T_DATA = "kdjax_digits"
@@ -247,7 +246,6 @@ def variant(stage: str, beta: float = 0.0) -> str:
 def run_stage(stage: str, root, n_per_class: int = 0, seed: int = 0, steps: int = 0,
               runlocal: bool = False, beta: float = 0.0) -> dict:
   """Trains one stage (or resumes it, or reads its record when finished): its record."""
-  from kdjax import train  # the trainer imports JAX and every model
 
   directory = run_dir(root, variant(stage, beta), n_per_class, seed)
   record_path = _record_path(directory)
@@ -257,7 +255,7 @@ def run_stage(stage: str, root, n_per_class: int = 0, seed: int = 0, steps: int 
          f"beta={beta}" + (",runlocal" if runlocal else ""))
   config = config_for(arg)
   t0 = time.perf_counter()
-  m = train.train_and_evaluate(config, str(directory)).metrics
+  m = trainer.train_and_evaluate(config, str(directory)).metrics
   record = {
       "stage": variant(stage, beta), "arm": stage, "n_per_class": n_per_class, "seed": seed,
       "aft_weight": config.loss.aft_weight,
@@ -272,15 +270,12 @@ def run_stage(stage: str, root, n_per_class: int = 0, seed: int = 0, steps: int 
       "call_wall_time_s": time.perf_counter() - t0,
   }
   record["total_flops"] = record["train_flops"] + record["teacher_cache_flops"]
-  tmp = record_path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(record, indent=2))
-  os.replace(tmp, record_path)
+  files.write_json(record_path, record)
   return record
 
 
 def publish(name: str, root) -> Path:
   """Exports pretrain/NAME as a Hugging Face checkpoint directory published/NAME (once)."""
-  from kdjax import export  # imports the teacher loader (JAX)
 
   out = paths(root)["published"] / name
   source = run_dir(root, f"pretrain_{name}")
@@ -334,63 +329,3 @@ def run_all(root, arms, sizes, seeds, steps: dict | None = None, runlocal: bool 
       out["probes"] += [one(probe, n, seed) for probe in probes]
       out["runs"] += [one(arm, n, seed) for arm in arms]
   return out
-
-
-# ------------------------------------------------------------------------------------ statistics
-
-
-def interval(values) -> tuple[float, float | None]:
-  """(mean, half-width of the 95% confidence interval of the mean: Student's t, n-1 degrees of
-  freedom; None for one value)."""
-  from scipy import stats  # a scikit-learn dependency
-
-  x = np.asarray(values, np.float64)
-  if len(x) < 2:
-    return float(x.mean()), None
-  half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-  return float(x.mean()), float(half)
-
-
-def aggregate(records: list[dict], key: str = "stage") -> dict:
-  """(n_per_class, stage) -> mean, 95% interval, per-seed values of test and val accuracy."""
-  groups: dict = {}
-  for r in records:
-    groups.setdefault((r["n_per_class"], r[key]), []).append(r)
-  out = {}
-  for group, rs in sorted(groups.items()):
-    rs = sorted(rs, key=lambda r: r["seed"])
-    mean, half = interval([r["test_accuracy"] for r in rs])
-    val = [r["val_accuracy"] for r in rs if r.get("val_accuracy") is not None]
-    out[group] = {"seeds": [r["seed"] for r in rs],
-                  "test_accuracy": [r["test_accuracy"] for r in rs], "mean": mean,
-                  "ci95": half, "val_mean": float(np.mean(val)) if val else None,
-                  "agreement_mean": (float(np.mean([r["agreement"] for r in rs]))
-                                     if all(r.get("agreement") is not None for r in rs)
-                                     else None)}
-  return out
-
-
-def paired(records: list[dict], arm: str, baseline: str, n_per_class: int) -> dict | None:
-  """Mean and 95% interval over seeds of (arm - baseline) on the same seed (same labelled
-  images, same initialisation), or None when no seed has both."""
-  by = {(r["stage"], r["seed"]): r["test_accuracy"] for r in records
-        if r["n_per_class"] == n_per_class}
-  seeds = sorted(s for (a, s) in by if a == arm and (baseline, s) in by)
-  if not seeds:
-    return None
-  mean, half = interval([by[(arm, s)] - by[(baseline, s)] for s in seeds])
-  return {"mean": mean, "ci95": half, "seeds": seeds,
-          "differences": [by[(arm, s)] - by[(baseline, s)] for s in seeds]}
-
-
-def verdict(diff: dict | None) -> str:
-  """'better' / 'worse' when the 95% interval excludes 0, else 'no effect' (or n/a)."""
-  if diff is None:
-    return "n/a"
-  if diff["ci95"] is None:
-    return "one seed"
-  if diff["mean"] - diff["ci95"] > 0:
-    return "better"
-  if diff["mean"] + diff["ci95"] < 0:
-    return "worse"
-  return "no effect"

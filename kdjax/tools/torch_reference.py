@@ -1,4 +1,4 @@
-"""The PyTorch eager reference of kdjax's train steps, for `python -m kdjax.bench` only.
+"""The PyTorch eager reference of kdjax's train steps, for `python -m kdjax.tools.bench` only.
 
 The same step as kdjax's trainer, written the way a PyTorch user would: the students
 (ResNet-18/34 with the CIFAR or ImageNet stem, MobileNetV2 with CIFAR strides) as torch.nn
@@ -113,7 +113,7 @@ class MobileNetV2(nn.Module):
 
 
 def student(model_cfg, num_classes: int) -> nn.Module:
-  """The torch twin of `kdjax.models.build_student(model_cfg, num_classes)`."""
+  """The torch twin of `kdjax.models.build(model_cfg, num_classes)`."""
   if model_cfg.pretrained:
     raise ValueError("the PyTorch reference builds randomly initialised students only")
   if model_cfg.name in ("resnet18", "resnet34"):
@@ -183,7 +183,7 @@ def aft(g, phi, rho_logits):
 
 
 class Objective(nn.Module):
-  """The trainable distillation extras and the weighted loss of kdjax/distill.py."""
+  """The trainable distillation extras and the weighted loss of kdjax/distill/objective.py."""
 
   def __init__(self, loss_cfg, weights: dict, d_student: int, d_teacher: int):
     super().__init__()

@@ -29,29 +29,22 @@ import hashlib
 import json
 import os
 import re
-import socket
 import time
-import uuid
 
 import flax.serialization
 import jax
 import numpy as np
 from absl import logging
 from array_record.python import array_record_module
+from jax.experimental import multihost_utils
 
-from kdjax import errors, preemption, steps
+from kdjax import errors, files, preemption, steps
 from kdjax import sharding as shd
 from kdjax.data import augment
 
 VERSION = 1  # of the records' format (a cache.json without "shard_size" predates the key)
 STALE_TMP_S = 3600  # a temporary file older than this is a dead writer's, whichever its host
-# Tests only: seconds to sleep after each shard is written, so that a test can kill (or
-# SIGTERM) a build part-way (tests/test_cache_resume.py). Never set it in real runs.
-THROTTLE_ENV = "KDJAX_CACHE_THROTTLE_S"
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
-# <shard or .cache.json>.<host>.<pid>.<32 hex>.tmp (host absent in files of older versions)
-_TMP = re.compile(r"^(?:shard-\d+\.array_record|\.cache\.json)\.(?:(?P<host>[A-Za-z0-9-]+)\.)?"
-                  r"(?P<pid>\d+)\.[0-9a-f]{32}\.tmp$")
+_OURS = re.compile(r"^(?:shard-\d+\.array_record|\.?cache\.json)$")  # files.tmp_name's names
 
 
 class TeacherCacheError(errors.UserError):
@@ -163,8 +156,7 @@ def build(config, workdir: str, train_input, distiller, teacher_vars, teacher_re
       manifest = json.load(f)
     if manifest["spec"].get("version") == 1:
       manifest["spec"].setdefault("shard_size", 1024)  # made before the key: its size
-    diff = sorted(key for key in set(want) | set(manifest["spec"])
-                  if want.get(key) != manifest["spec"].get(key))
+    diff = files.differences(manifest["spec"], want)
     if diff:
       reuse = ""
       if diff == ["shard_size"]:  # the same outputs, laid out in other shards
@@ -207,12 +199,12 @@ def _remove_stale_tmp(path: str) -> None:
     return
   now = time.time()
   for name in os.listdir(path):
-    match = _TMP.match(name)
-    if not match:
+    match = files.TMP_PATTERN.match(name)
+    if not match or not _OURS.match(match["name"]):
       continue
     file = os.path.join(path, name)
     try:
-      dead = match["host"] == _HOST and not _alive_here(int(match["pid"]))
+      dead = match["host"] == files.HOST and not _alive_here(int(match["pid"]))
       if dead or now - os.stat(file).st_mtime > STALE_TMP_S:
         os.remove(file)
         logging.info("teacher cache: removed %s, left by a killed writer", name)
@@ -220,17 +212,9 @@ def _remove_stale_tmp(path: str) -> None:
       pass
 
 
-def _tmp_name(name: str) -> str:
-  """A unique temporary name for `name`'s file in progress (runs may share a cache)."""
-  return f"{name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-
-
 def _write_manifest(path: str, manifest: dict) -> None:
   if jax.process_index() == 0:
-    tmp = _tmp_name(os.path.join(path, ".cache.json"))
-    with open(tmp, "w") as f:
-      json.dump(manifest, f, indent=2)
-    os.replace(tmp, os.path.join(path, "cache.json"))
+    files.write_json(os.path.join(path, "cache.json"), manifest)
 
 
 def _compute(config, path, names, todo, rows, k, train_input, distiller, teacher_vars, mesh,
@@ -242,7 +226,6 @@ def _compute(config, path, names, todo, rows, k, train_input, distiller, teacher
   batch_sh = shd.batch_sharding(mesh)
   data_cfg = config.data
   size = shard_size(config)
-  throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
 
   def job(teacher_vars, images, seeds):
     x = augment.augment_keys(images, augment.view_keys(seeds), data_cfg)
@@ -288,30 +271,32 @@ def _compute(config, path, names, todo, rows, k, train_input, distiller, teacher
     feats = np.concatenate(feats)
     logits = np.concatenate(logits) if logits else None
     if jax.process_index() == 0:
-      tmp = _tmp_name(names[i])
-      writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
-      for j in range(len(pos)):
-        record = {"position": int(pos[j]), "row": int(rows[pos[j]]), "view": int(views[j]),
-                  "aug_seed": int(seeds[j]), "features": feats[j]}
-        if logits is not None:
-          record["logits"] = logits[j]
-        writer.write(flax.serialization.msgpack_serialize(record))
-      writer.close()
-      os.replace(tmp, names[i])  # a shard becomes visible only when complete
+      _write_shard(names[i], pos, rows, views, seeds, feats, logits)
     manifest["cost"]["wall_time_s"] += time.perf_counter() - t0
     manifest["cost"]["flops"] += (flops_per_batch or 0.0) * -(-len(pos) // batch)
     _write_manifest(path, manifest)
-    if throttle:
-      time.sleep(throttle)
     if preemption.requested():  # one process only (several stop together in the train loop)
       raise errors.Preempted(
           f"preempted while building the teacher cache: {sum(map(os.path.isfile, names))} of "
           f"{len(names)} shards are complete in {path}; run the same command again to resume")
     t0 = time.perf_counter()
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("kdjax teacher cache written")
   return manifest
+
+
+def _write_shard(name, pos, rows, views, seeds, feats, logits) -> None:
+  """One shard's records, visible under `name` only when complete."""
+  tmp = files.tmp_name(name)
+  writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+  for j in range(len(pos)):
+    record = {"position": int(pos[j]), "row": int(rows[pos[j]]), "view": int(views[j]),
+              "aug_seed": int(seeds[j]), "features": feats[j]}
+    if logits is not None:
+      record["logits"] = logits[j]
+    writer.write(flax.serialization.msgpack_serialize(record))
+  writer.close()
+  os.replace(tmp, name)
 
 
 def _load(names, rows, k, size, distiller, manifest) -> Cache:

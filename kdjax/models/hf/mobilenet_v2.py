@@ -32,8 +32,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from kdjax.models.students.mobilenet_v2 import make_divisible  # TF-slim's = torchvision's
-from kdjax.models.teachers.common import (
+from kdjax.models.hf.common import (
   Tensors,
   activation,
   batch_norm,
@@ -41,6 +40,7 @@ from kdjax.models.teachers.common import (
   dense,
   num_labels,
 )
+from kdjax.models.students.mobilenet_v2 import make_divisible  # TF-slim's = torchvision's
 
 MODEL_TYPES = ("mobilenet_v2",)
 PREFIXES = ("mobilenet_v2.",)

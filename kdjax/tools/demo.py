@@ -1,6 +1,6 @@
-r"""The offline demo: the transfer miniature in small (kdjax/transfer.py), end to end.
+r"""The offline demo: the transfer miniature in small (kdjax/tools/transfer.py), end to end.
 
-  python -m kdjax.demo --workdir=runs/demo
+  python -m kdjax.tools.demo --workdir=runs/demo
 
 Trains a ResNet teacher and the student's ResNet on MNIST-5k (the pre-training corpus P),
 publishes both as Hugging Face checkpoints (kdjax.export), probes the teacher on the UCI
@@ -21,11 +21,12 @@ import sys
 
 from absl import app, flags
 
-from kdjax import configlib  # no JAX: kdjax.runtime still sets its flags first
+from kdjax import runtime, stats
+from kdjax.tools import transfer
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the demo's runs go.")
 _ARMS = flags.DEFINE_list("arms", ["scratch", "finetune", "distill", "aft"],
-                          "Student arms (kdjax/transfer.py ARMS).")
+                          "Student arms (kdjax/tools/transfer.py ARMS).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of every run (re-draws T's labelled images).")
 _N_PER_CLASS = flags.DEFINE_integer("n_per_class", 5, "T's labelled images per digit.")
 _REFERENCE = flags.DEFINE_string(
@@ -33,8 +34,6 @@ _REFERENCE = flags.DEFINE_string(
     "The full miniature's results, for its intervals (skipped when the file is absent).")
 HEADLINES = [("distill", "scratch"), ("distill", "finetune"), ("aft", "finetune")]
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      "demo.py")
 DESCRIPTIONS = {
     "teacher": "teacher: ResNet-18 w32, all 1,294 labelled train images",
     "scratch": "student from scratch, CE",
@@ -44,11 +43,6 @@ DESCRIPTIONS = {
     "feature_kd": "feature-KD baseline (cached teacher)",
     "unlabelled": "paper A + the left-out train images, unlabelled (online teacher)",
 }
-
-
-def load_config(arg: str):
-  """configs/demo.py's `get_config(arg)` (the file lives outside the package)."""
-  return configlib.load_file(CONFIG, "kdjax_demo_config").get_config(arg)
 
 
 def table(rows: list[dict]) -> str:
@@ -65,11 +59,9 @@ def table(rows: list[dict]) -> str:
 
 def main(argv):
   del argv
-  from kdjax import runtime
 
   runtime.configure(True)
   runtime.quiet_libraries()
-  from kdjax import transfer
 
   workdir = os.path.abspath(_WORKDIR.value)
   n, seed = _N_PER_CLASS.value, _SEED.value
@@ -95,7 +87,7 @@ def main(argv):
   lines += ["", "| comparison | this run, points | full miniature (3 seeds): mean ± 95% CI | "
             "larger than the interval? |", "| --- | ---: | ---: | --- |"]
   for arm, base in HEADLINES:
-    d = transfer.paired(runs, arm, base, n)
+    d = stats.paired(runs, arm, base, n)
     if d is None:
       continue
     ref = reference.get((arm, base))

@@ -1,7 +1,7 @@
 r"""Benchmarks: kdjax's train steps and teacher forwards beside a PyTorch eager reference.
 
   pip install -r requirements-bench.txt          # adds torch==2.13.0 (the reference)
-  python -m kdjax.bench --config=configs/resnet18_cifar.py --out=experiments/results/bench_cpu
+  python -m kdjax.tools.bench --config=configs/resnet18_cifar.py --out=experiments/results/bench_cpu
 
 Rows (`--rows`), each timed after warm-up as the median of `--steps` calls on a fixed batch
 (input pipeline excluded on both sides), in one process on one machine; all rows are built and
@@ -18,10 +18,10 @@ feature_kd, kd, or `config` (the config's own loss.* weights).
 
 Teachers (`--families`) are the real architectures (the config.json shapes of the named Hub
 checkpoints) with random weights, built by transformers, saved as safetensors and loaded by
-`kdjax.teachers.load`, the path of a downloaded checkpoint; classification families get a head
+`kdjax.hf.pretrained.load`, the path of a downloaded checkpoint; classification families get a head
 over `--num_classes` (an adapted teacher's shape). Throughput does not depend on the weights.
 
-The reference (kdjax/torch_reference.py) is the same step in PyTorch eager: the same student
+The reference (kdjax/tools/torch_reference.py) is the same step in PyTorch eager: the same student
 architecture as torch.nn modules, the HF PyTorch teacher, the same loss terms and optimizer,
 fp32 on CPU with every core; with `--config.model.dtype=bfloat16` (and teacher.dtype) on a GPU
 it runs under bf16 autocast. Reported: kdjax / torch in images per second (> 1: kdjax faster).
@@ -42,6 +42,12 @@ import time
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from kdjax import models, optim, runtime, steps
+from kdjax import sharding as shd
+from kdjax.distill import objective, teacher_views
+from kdjax.hf import pretrained
+from kdjax.tools import torch_reference as ref
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (student, batch, "
                                           "optimizer, loss).", lock_config=True)
@@ -202,14 +208,12 @@ class Bench:
   def __init__(self, config, batch: int, num_classes: int):
     import jax
 
-    from kdjax import models
-    from kdjax import sharding as shd
 
     self.config, self.batch, self.num_classes = config, batch, num_classes
     self.mesh = shd.make_mesh()
     shd.check_global_batch(batch, self.mesh, "--batch")
     self.repl, self.batch_sh = shd.replicated(self.mesh), shd.batch_sharding(self.mesh)
-    self.model = models.build_student(config.model, num_classes)
+    self.model = models.build(config.model, num_classes)
     s = config.data.image_size
     self.image_shape = (s, s, 3)
     (_, out), _ = jax.eval_shape(
@@ -224,12 +228,11 @@ class Bench:
     """(one-call closure, XLA FLOPs per call) of the trainer's train step."""
     import jax
 
-    from kdjax import distill, optim, steps
 
     config = self.config
     distiller = None
     if mode != "student":
-      distiller = distill.Distiller(loss, list(views), self.num_classes, self.student_features,
+      distiller = objective.Distiller(loss, list(views), self.num_classes, self.student_features,
                                     config.data.mean, config.data.std, cached=mode == "cached")
     tx = optim.build(config.optimizer, optim.schedule(config.optimizer, 1000, 100),
                           loss.prior_learning_rate)
@@ -260,7 +263,6 @@ class Bench:
   def teacher_forward(self, teacher, batch: int):
     import jax
 
-    from kdjax import steps
 
     h, w = teacher.image_size
     x = jax.device_put(jax.random.normal(jax.random.key(4), (batch, h, w, 3)), self.batch_sh)
@@ -315,18 +317,15 @@ def main(argv):
   import ml_collections
 
   config = ml_collections.ConfigDict(_CONFIG.value.to_dict())
-  from kdjax import runtime
 
   runtime.configure(config.fast_cpu_convolutions)
   import jax
 
-  from kdjax import distill, teachers
 
   use_torch = _TORCH.value
   if use_torch:
     import torch
 
-    from kdjax import torch_reference as ref
 
     torch_device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else (
         "cpu")
@@ -348,7 +347,7 @@ def main(argv):
   student_bf16 = config.model.dtype == "bfloat16"
   teacher_bf16 = config.teacher.dtype == "bfloat16"
   info = machine_info()
-  result = {"command": " ".join(["python -m kdjax.bench", *sys.argv[1:]]), "machine": info,
+  result = {"command": " ".join(["python -m kdjax.tools.bench", *sys.argv[1:]]), "machine": info,
             "batch": batch,
             "teacher_batch": teacher_batch, "teacher_size": _TEACHER_SIZE.value,
             "num_classes": _NUM_CLASSES.value, "student": config.model.to_dict(),
@@ -384,11 +383,11 @@ def main(argv):
     for i, family in enumerate(_FAMILIES.value if needs_teachers else []):
       path = os.path.join(tmp, family)
       torch_model = save_random_teacher(family, path, bench.num_classes)
-      teacher = teachers.load(path, dtype=config.teacher.dtype, mesh=bench.mesh)
+      teacher = pretrained.load(path, dtype=config.teacher.dtype, mesh=bench.mesh)
       size = (_TEACHER_SIZE.value,) * 2
       teacher.preprocess = dataclasses.replace(teacher.preprocess, crop=None,
                                                resize=("square", size))
-      view = distill.view_of(teacher)
+      view = teacher_views.view_of(teacher)
       checkpoint = ARCHITECTURES[family][1]
       if "teacher" in _ROWS.value:
         call, flops = bench.teacher_forward(teacher, teacher_batch)
@@ -399,18 +398,18 @@ def main(argv):
       for loss_name in _ONLINE.value if "online" in _ROWS.value else []:
         loss = _for_teacher(loss_config(config, loss_name), family)
         call, flops = bench.train_step(loss, [view], "online", [teacher.variables])
-        tc = {layouts[0]: torch_step(layouts[0], weights=distill.weights(loss),
+        tc = {layouts[0]: torch_step(layouts[0], weights=objective.weights(loss),
                                      teacher=torch_model, view=view)} if use_torch else None
         measure(f"{loss_name}, {family} online", "online", batch, call, flops, tc,
-                family=family, loss=distill.weights(loss))
+                family=family, loss=objective.weights(loss))
       for loss_name in _CACHED.value if "cached" in _ROWS.value and i == 0 else []:
         loss = _for_teacher(loss_config(config, loss_name), family)
         call, flops = bench.train_step(loss, [view], "cached")
-        dims = (view.num_features, family not in HEADLESS and "kd" in distill.weights(loss))
-        tc = {layouts[0]: torch_step(layouts[0], weights=distill.weights(loss),
+        dims = (view.num_features, family not in HEADLESS and "kd" in objective.weights(loss))
+        tc = {layouts[0]: torch_step(layouts[0], weights=objective.weights(loss),
                                      cached_dims=dims)} if use_torch else None
         measure(f"{loss_name}, {family} cached", "cached", batch, call, flops, tc,
-                family=family, loss=distill.weights(loss))
+                family=family, loss=objective.weights(loss))
       del torch_model, teacher
   times = interleaved(pending, steps_) if _INTERLEAVE.value else [
       {k: time_calls(fn, steps_, 0) for k, fn in calls.items()} for *_, calls, _, _ in pending]

@@ -1,0 +1,124 @@
+"""A run directory: owned by one config, and recording where its inputs came from.
+
+`claim` makes a directory this config's run (new, or a run of the same config, resumed) before
+anything is written there; another config's checkpoints are refused unless `overwrite` deletes
+that run. `write_provenance` records the exact teachers and pre-trained weights a run used.
+"""
+
+import json
+import os
+import shutil
+
+import jax
+from absl import logging
+from jax.experimental import multihost_utils
+
+from kdjax import checkpoint, configlib, errors, files
+from kdjax.hf import hub
+
+# Keys that change how a run is logged, evaluated, stored or laid out, never what it trains:
+# a workdir's run may resume with other values of these. Any other difference is refused.
+RESUMABLE_KEYS = (
+    "log_every_steps", "eval_every_steps", "eval_every_epochs", "checkpoint_every_steps",
+    "max_to_keep",
+    "eval_batch_size", "fast_cpu_convolutions", "data.data_dir", "data.download",
+    "data.num_workers", "data.prefetch", "data.in_memory", "model.param_sharding",
+    "model.fsdp_min_size", "teacher.param_sharding", "teacher.fsdp_min_size", "teacher.evaluate",
+    "teacher.cache_dir", "teacher.cache_shard_size",
+)
+# What a run writes into its workdir (--overwrite deletes these and nothing else; a teacher
+# cache is kept: its own record says what it was made from, and a different one is refused).
+RUN_FILES = ("checkpoints", checkpoint.DAMAGED_DIR, "metrics.jsonl", "tensorboard",
+             "config.json", "cost.json", "teachers.json", "pretrained.json", "hf_config.json",
+             "rho.json", "rho.npy")
+
+
+def differences(theirs: dict, mine: dict) -> list[tuple]:
+  """(key, theirs, mine) for every key a resumed run may not change. Keys missing from an older
+  run's config.json count as their default (keys added since)."""
+  default = configlib.flatten(json.loads(configlib.base().to_json_best_effort()))
+  absent = object()
+  out = []
+  for k in sorted(set(theirs) | set(mine)):
+    a, b = theirs.get(k, absent), mine.get(k, absent)
+    if a is absent and b == default.get(k, absent) or b is absent and a == default.get(k):
+      continue  # a key added (or removed) since that run, at its default
+    if a != b and k not in RESUMABLE_KEYS:
+      out.append((k, "<absent>" if a is absent else a, "<absent>" if b is absent else b))
+  return out
+
+
+def _refusal(config, workdir: str) -> str | None:
+  """Why `workdir` is not this config's run directory (None: it is, or it is new)."""
+  path = os.path.join(workdir, "config.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not (os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))):
+    return None
+  if not os.path.isfile(path):
+    return f"{workdir} holds checkpoints but no config.json saying what made them"
+  try:
+    theirs = configlib.flatten(files.read_json(path))
+  except json.JSONDecodeError:
+    theirs = {"config.json": "unreadable"}
+  diff = differences(theirs, configlib.flatten(json.loads(config.to_json_best_effort())))
+  if not diff:
+    return None
+  shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:4])
+  return (f"{workdir} holds a run of a different config ({shown}"
+          f"{'; ...' if len(diff) > 4 else ''})")
+
+
+def claim(config, workdir: str, overwrite: bool) -> None:
+  """Makes `workdir` this config's run directory (its first write: config.json)."""
+  refusal = _refusal(config, workdir)
+  if refusal and not overwrite:
+    raise errors.UserError(f"{refusal}: use another --workdir, or pass --overwrite to delete "
+                           "that run and start again")
+  if jax.process_index() == 0:
+    if refusal:
+      logging.warning("--overwrite: %s; deleting it", refusal)
+      for name in RUN_FILES:
+        target = os.path.join(workdir, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+          shutil.rmtree(target)
+        elif os.path.lexists(target):
+          os.remove(target)
+    os.makedirs(workdir, exist_ok=True)
+    files.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("kdjax workdir claimed")
+
+
+def write_provenance(config, workdir: str, teacher_records: list, pretrained_dir) -> None:
+  """teachers.json (the exact teachers: source, revision / run step, weights' sha1),
+  pretrained.json (the exact weights the student started from) and hf_config.json (a Hub
+  architecture's config, for kdjax.export)."""
+  if jax.process_index() != 0:
+    return
+  if teacher_records:
+    files.write_json(os.path.join(workdir, "teachers.json"), teacher_records)
+  if config.model.pretrained:
+    files.write_json(os.path.join(workdir, "pretrained.json"),
+                     hub.source_record(config.model.pretrained, pretrained_dir))
+  if pretrained_dir is not None:
+    files.write_json(os.path.join(workdir, "hf_config.json"),
+                     hub.read_config(pretrained_dir, str(pretrained_dir)))
+
+
+def truncate_metrics(workdir: str, start_step: int) -> None:
+  """Drops metrics.jsonl rows of steps after `start_step` (logged by a run that was killed
+  before checkpointing them; they are logged again as the steps are redone)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if jax.process_index() != 0 or not os.path.isfile(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= start_step:
+        keep.append(line)
+    except (json.JSONDecodeError, KeyError):  # a line cut by the kill
+      pass
+  if len(keep) != len(lines):
+    files.write_text(path, "".join(keep))
