@@ -15,9 +15,9 @@ import socket
 import uuid
 
 HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
-# <name>.<host>.<pid>.<32 hex>.tmp (host absent in files of older versions)
-TMP_PATTERN = re.compile(r"^(?P<name>.+)\.(?:(?P<host>[A-Za-z0-9-]+)\.)?(?P<pid>\d+)\."
-                         r"[0-9a-f]{32}\.tmp$")
+# <name>.<host>.<pid>.<32 hex>.tmp
+TMP_PATTERN = re.compile(
+    r"^(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{32}\.tmp$")
 
 
 def tmp_name(path: str | os.PathLike) -> str:

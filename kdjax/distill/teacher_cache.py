@@ -42,7 +42,7 @@ from kdjax import errors, files, preemption, steps
 from kdjax import sharding as shd
 from kdjax.data import augment
 
-VERSION = 1  # of the records' format (a cache.json without "shard_size" predates the key)
+VERSION = 2  # of cache.json's spec: a cache of another version is refused (rebuild it)
 STALE_TMP_S = 3600  # a temporary file older than this is a dead writer's, whichever its host
 _OURS = re.compile(r"^(?:shard-\d+\.array_record|\.?cache\.json)$")  # files.tmp_name's names
 
@@ -81,7 +81,7 @@ def _synthetic_identity(path: str) -> str:
 
 
 def shard_size(config) -> int:
-  return int(config.teacher.cache_shard_size)  # > 0: configlib.validate
+  return int(config.teacher.cache_shard_size)  # > 0: validate.check
 
 
 def spec(config, rows: np.ndarray, teacher_records: list, distiller) -> dict:
@@ -103,7 +103,9 @@ def spec(config, rows: np.ndarray, teacher_records: list, distiller) -> dict:
                "synthetic": [_synthetic_identity(p) for p in d.synthetic.split(",") if p],
                "synthetic_per_class": d.synthetic_per_class,
                "synthetic_fraction": d.synthetic_fraction,
-               **_view_keys(d)},
+               "load_resize": d.load_resize, "load_filter": d.load_filter,
+               "max_aspect": d.max_aspect, "eval_crop_fraction": d.eval_crop_fraction,
+               "exclude_classes": list(d.exclude_classes)},
       "views": int(config.teacher.cache_views),
       # what turns a view's seed into its crop/flip
       "jax": {"version": jax.__version__, "prng": str(jax.config.jax_default_prng_impl),
@@ -114,20 +116,6 @@ def spec(config, rows: np.ndarray, teacher_records: list, distiller) -> dict:
   }
 
 
-def _view_keys(d) -> dict:
-  """What else shapes the cached views (data), listed only where it differs from the behaviour
-  before the key existed. (The teachers' input views, `teacher_inputs`, are always listed: a
-  cache made before them is refused and must be rebuilt.)"""
-  out = {}
-  if d.load_resize != "square":
-    out.update(load_resize=d.load_resize, load_filter=d.load_filter, max_aspect=d.max_aspect)
-  if d.load_resize != "square" or d.augment.kind == "none":  # "none": the eval view
-    out["eval_crop_fraction"] = d.eval_crop_fraction
-  if d.exclude_classes:
-    out["exclude_classes"] = list(d.exclude_classes)
-  return out
-
-
 def _json_roundtrip(x):
   return json.loads(json.dumps(x))
 
@@ -135,7 +123,6 @@ def _json_roundtrip(x):
 def _to_host(x) -> np.ndarray:
   if getattr(x, "is_fully_addressable", True):
     return np.asarray(x)
-  from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -154,8 +141,6 @@ def build(config, workdir: str, train_input, distiller, teacher_vars, teacher_re
   if os.path.isfile(manifest_path):
     with open(manifest_path) as f:
       manifest = json.load(f)
-    if manifest["spec"].get("version") == 1:
-      manifest["spec"].setdefault("shard_size", 1024)  # made before the key: its size
     diff = files.differences(manifest["spec"], want)
     if diff:
       reuse = ""

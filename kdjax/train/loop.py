@@ -58,16 +58,16 @@ class Loop:
   pending: list = dataclasses.field(default_factory=list)  # (step, metrics on the device)
 
   def check_pending(self) -> list[dict]:
-    """Checks every step since the last check; returns their metrics on the host."""
+    """Checks every step since the last log; returns their metrics on the host."""
     values = jax.device_get([m for _, m in self.pending])
     for (step, _), m in zip(self.pending, values):
       check_finite(step, m, self.last_saved, self.ckpt_dir, self.terms)
-    self.pending = []
     return values
 
   def means(self) -> dict:
-    """The mean of each metric over the steps since the last check (checked first)."""
+    """The mean of each metric over the steps since the last log (checked first)."""
     values = self.check_pending()
+    self.pending = []
     return {k: float(np.mean([v[k] for v in values])) for k in values[0] if k != STATE_FINITE}
 
   def save(self, step: int, state, save: Callable) -> None:
