@@ -3,7 +3,7 @@
 The package's layers, lowest first; a module imports only its own layer and lower ones, at
 module top (tests/test_layering.py checks it):
   errors
-  files, sharding, runtime, stats, configlib, cli, checkpoint, preemption, metric_writers
+  files, image_ops, sharding, runtime, stats, configlib, cli, checkpoint, preemption, metric_writers
   models (students, Flax ports of HF families), steps, optim
   hf (Hub, safetensors, preprocessing, pre-trained models)
   data, losses

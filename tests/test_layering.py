@@ -10,8 +10,8 @@ from conftest import REPO
 # Lowest first. A module may import its own layer's modules (without a cycle) and lower layers.
 LAYERS = [
     ("errors",),
-    ("files", "sharding", "runtime", "stats", "configlib", "cli", "checkpoint", "preemption",
-     "metric_writers"),
+    ("files", "image_ops", "sharding", "runtime", "stats", "configlib", "cli", "checkpoint",
+     "preemption", "metric_writers"),
     ("models", "steps", "optim"),
     ("hf",),
     ("data", "losses"),

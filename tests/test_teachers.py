@@ -161,7 +161,7 @@ def test_hub_ids_resolve_through_the_hf_cache_offline(saved_resnets, tmp_path):
   (repo / "refs").mkdir()
   (repo / "refs" / "main").write_text(commit)
   env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-  script = ("import sys\nfrom kdjax.hf import pretrained\n"
+  script = ("import sys\nfrom kdjax import errors\nfrom kdjax.hf import pretrained\n"
             "try:\n  print('LOADED', pretrained.load(sys.argv[1]).directory)\n"
             "except errors.TeacherLoadError as e:\n  print('ERROR', e)\n")
   hit = run_python(["-c", script, "kdjax-test/tiny-resnet"], env_extra=env)

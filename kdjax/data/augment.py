@@ -31,7 +31,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from kdjax import errors
+from kdjax import errors, image_ops
 
 KINDS = ("crop_flip", "rrc_flip", "rrc_flip_diffaug", "none")  # data.augment.kind
 
@@ -277,18 +277,7 @@ def preprocess_eval(images_uint8, cfg):
   frac = cfg.eval_crop_fraction
   if x.shape[-1] == 4:  # a whole-image canvas: the central crop of the image, upright
     return normalise_float(resize(_central_crops(x, frac), cfg.image_size), cfg.mean, cfg.std)
-  return normalise_float(resize(central_crop(x, frac), cfg.image_size), cfg.mean, cfg.std)
-
-
-def central_crop(x, frac: float):
-  """[B,H,W,C] -> its central round(H x frac) x round(W x frac), torchvision CenterCrop's
-  rounding of the offsets."""
-  if frac >= 1.0:
-    return x
-  h, w = x.shape[1:3]
-  ch, cw = int(round(h * frac)), int(round(w * frac))
-  y0, x0 = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-  return x[:, y0:y0 + ch, x0:x0 + cw]
+  return normalise_float(resize(image_ops.central_crop(x, frac), cfg.image_size), cfg.mean, cfg.std)
 
 
 def _central_crops(x, frac):

@@ -9,8 +9,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from kdjax import errors
-from kdjax.data import augment
+from kdjax import errors, image_ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +104,7 @@ def to_teacher_pixels(images, data_mean, data_std, view: TeacherView):
   central `crop_fraction`, resized to its size with its filter, normalised its way."""
   x = (images.astype(jnp.float32) * jnp.asarray(data_std, jnp.float32)
        + jnp.asarray(data_mean, jnp.float32)) * 255.0
-  x = augment.central_crop(x, view.crop_fraction)
+  x = image_ops.central_crop(x, view.crop_fraction)
   h, w = view.image_size
   if x.shape[1:3] != (h, w):
     x = jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), view.resample, antialias=True)

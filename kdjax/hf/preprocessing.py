@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from kdjax import image_ops
 from kdjax.hf.hub import read_config, resolve
 
 
@@ -36,11 +37,8 @@ class Preprocessing:
     """uint8 (or 0-255 float) [B, H, W, 3] -> normalised float32 at the model's input size."""
     x = jnp.asarray(images, jnp.float32)
     _, h, w, c = x.shape
-    if self.central_fraction < 1.0:  # as kdjax.data.augment.preprocess_eval
-      ch, cw = int(round(h * self.central_fraction)), int(round(w * self.central_fraction))
-      top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-      x = x[:, top:top + ch, left:left + cw]
-      h, w = ch, cw
+    x = image_ops.central_crop(x, self.central_fraction)  # as the data pipeline's eval view
+    h, w = x.shape[1:3]
     if self.resize is not None:
       kind, size = self.resize
       if kind == "square":
