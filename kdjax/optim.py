@@ -12,7 +12,10 @@ import optax
 from kdjax import errors
 
 OPTIMIZERS = ("sgd", "adam", "adamw")  # optimizer.name
-SCHEDULES = ("cosine", "constant")  # optimizer.schedule
+SCHEDULES = {  # optimizer.schedule -> (peak lr, steps after the warm-up) -> schedule
+    "cosine": optax.cosine_decay_schedule,
+    "constant": lambda lr, steps: optax.constant_schedule(lr),
+}
 
 
 def steps_from(cfg, name: str, steps_per_epoch: int, default=None):
@@ -33,13 +36,7 @@ def steps_from(cfg, name: str, steps_per_epoch: int, default=None):
 def schedule(cfg, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
   lr = cfg.learning_rate
   warmup = steps_from(cfg, "warmup", steps_per_epoch, default=0)
-  if cfg.schedule == "constant":
-    main = optax.constant_schedule(lr)
-  elif cfg.schedule == "cosine":
-    main = optax.cosine_decay_schedule(lr, max(1, total_steps - warmup))
-  else:
-    raise errors.UserError(f"unknown optimizer.schedule {cfg.schedule!r}; "
-                           f"valid: {sorted(SCHEDULES)}")
+  main = SCHEDULES[cfg.schedule](lr, max(1, total_steps - warmup))
   if warmup:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
   return main
@@ -57,9 +54,8 @@ def _base(cfg, lr, weight_decay: float) -> optax.GradientTransformation:
         optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
   if cfg.name == "adamw":
     return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=weight_decay, mask=mask)
-  if cfg.name == "adam":
-    return optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
-  raise errors.UserError(f"unknown optimizer.name {cfg.name!r}; valid: {sorted(OPTIMIZERS)}")
+  assert cfg.name == "adam", cfg.name  # validate.check refuses other names
+  return optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
 
 
 # Top-level keys of the trainer's auxiliary parameters (kdjax/distill/objective.py) that are

@@ -88,10 +88,9 @@ def param_shardings(tree, mesh: Mesh, mode: str = "replicate", min_size: int = F
   """NamedShardings for a parameter tree: replicated, or split over the data axis ("fsdp")."""
   if mode == "replicate":
     return jax.tree.map(lambda _: replicated(mesh), tree)
-  if mode == "fsdp":
-    n = mesh.devices.size
-    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), n, min_size)), tree)
-  raise errors.UserError(f"unknown parameter sharding {mode!r}; valid: {list(PARAM_SHARDINGS)}")
+  assert mode == "fsdp", mode  # validate.check refuses other modes
+  n = mesh.devices.size
+  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), n, min_size)), tree)
 
 
 def sharding_of(tree):

@@ -31,7 +31,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from kdjax import errors, image_ops
+from kdjax import image_ops
 
 KINDS = ("crop_flip", "rrc_flip", "rrc_flip_diffaug", "none")  # data.augment.kind
 
@@ -123,7 +123,7 @@ def augment_keys(images_uint8, keys, cfg):
   x = images_uint8.astype(jnp.float32)
   kind = cfg.augment.kind
   full = x.shape[-1] == 4  # whole-image canvases (data.load_resize=shorter_full)
-  if kind == "crop_flip":  # square images (configlib.validate refuses shorter_full)
+  if kind == "crop_flip":  # square images (validate.check refuses shorter_full)
     if min(x.shape[1:3]) < size:
       x = resize(x, size)
     x = jax.vmap(lambda im, k: _crop(im, k, size, cfg.augment.pad))(x, keys)
@@ -135,10 +135,8 @@ def augment_keys(images_uint8, keys, cfg):
           im[..., :3], k, size, scale, ratio, w, t))(x, keys, width, transposed)
     else:
       x = jax.vmap(lambda im, k: _random_resized_crop(im, k, size, scale, ratio))(x, keys)
-  elif kind == "none":
+  else:  # "none" (validate.check refuses kinds not in KINDS)
     return preprocess_eval(images_uint8, cfg)
-  else:
-    raise errors.UserError(f"unknown data.augment.kind {kind!r}; valid: {sorted(KINDS)}")
   if cfg.augment.flip:
     flip_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     do_flip = jax.vmap(lambda k: jax.random.bernoulli(k))(flip_keys)

@@ -35,7 +35,7 @@ from kdjax.losses.aft import KERNELS
 from kdjax.losses.kd import MULTI_TEACHER_MODES
 
 TERMS = ("ce", "kd", "align", "unif", "aft", "feature_kd")
-PROJECTION_HEADS = ("mlp", "linear")
+PROJECTION_HEADS = {"mlp": True, "linear": False}  # loss.proj_head -> with a hidden layer
 AFT_RHO = ("diagonal", "dense")
 # loss.aft_kernel: a kernel of R, or "none": paper B's "no kernel" variant (the reference's
 # aft_no_kernel, prior.py:226-246): a learned linear map V from pre-trained to downstream
@@ -84,11 +84,8 @@ class ProjectionHead(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = x.astype(jnp.float32)
-    if self.kind == "mlp":
+    if PROJECTION_HEADS[self.kind]:  # "mlp": a hidden layer first
       x = nn.relu(nn.Dense(x.shape[-1], name="hidden")(x))
-    elif self.kind != "linear":
-      raise errors.UserError(f"unknown loss.proj_head {self.kind!r}; "
-                             f"valid: {sorted(PROJECTION_HEADS)}")
     x = nn.Dense(self.dim, name="out")(x)
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 

@@ -111,8 +111,4 @@ def conv_function(impl: str):
   """The `conv_general_dilated` for nn.Conv: kdjax's CPU conv on CPU (impl 'auto'), or lax."""
   if impl == "auto":
     impl = "cpu" if jax.default_backend() == "cpu" else "xla"
-  if impl == "cpu":
-    return cpu_conv.conv_general_dilated
-  if impl == "xla":
-    return jax.lax.conv_general_dilated
-  raise errors.UserError(f"unknown model.conv_impl {impl!r}; valid: {list(CONV_IMPLS)}")
+  return {"cpu": cpu_conv.conv_general_dilated, "xla": jax.lax.conv_general_dilated}[impl]

@@ -22,9 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from kdjax import errors
-
-STEMS = ("cifar", "imagenet")  # model.stem
+STEMS = {"cifar": (3, 1, 1), "imagenet": (7, 2, 3)}  # model.stem -> its conv: kernel, stride, pad
 # torchvision initialises convolutions with kaiming_normal(mode="fan_out", relu).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -66,16 +64,10 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     out = {}
     x = x.astype(self.dtype)
-    if self.stem == "cifar":
-      x = nn.Conv(self.width, (3, 3), padding=[(1, 1)] * 2, use_bias=False,
-                  kernel_init=conv_init, dtype=self.dtype, conv_general_dilated=self.conv,
-                  name="stem_conv")(x)
-    elif self.stem == "imagenet":
-      x = nn.Conv(self.width, (7, 7), (2, 2), padding=[(3, 3)] * 2, use_bias=False,
-                  kernel_init=conv_init, dtype=self.dtype, conv_general_dilated=self.conv,
-                  name="stem_conv")(x)
-    else:
-      raise errors.UserError(f"unknown model.stem {self.stem!r}; valid: {list(STEMS)}")
+    kernel, stride, pad = STEMS[self.stem]
+    x = nn.Conv(self.width, (kernel, kernel), (stride, stride), padding=[(pad, pad)] * 2,
+                use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+                conv_general_dilated=self.conv, name="stem_conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      dtype=self.dtype, name="stem_bn")(x)
     x = nn.relu(x)
