@@ -46,7 +46,7 @@ import paper_numbers  # noqa: E402  (experiments/paper_numbers.py)
 from kdjax import configlib, stats  # noqa: E402
 from kdjax.distill import teacher_views  # noqa: E402
 
-FINISHED_FILE = "cost.json"  # train.py writes it last, once the final evaluation is written
+FINISHED_FILE = "cost.json"  # the trainer writes it last, once the final evaluation is written
 GENERATED_FILE = "dataset_info.json"  # kdjax.generate writes it last, once every shard is done
 METRIC = "top-1 accuracy (%): test split; validation where the task has no test split"
 

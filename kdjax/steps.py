@@ -1,4 +1,5 @@
-"""Pure train and eval steps: state in, state out. No I/O; jitted and sharded by train.py.
+"""Pure train and eval steps: state in, state out. No I/O; jitted and sharded by the trainer
+(kdjax/train/trainer.py).
 
 Randomness is `fold_in(key, step)`: the dropout key of a step depends only on the run's seed
 and the step number, never on how many steps ran in this process (so resume is exact).

@@ -1,6 +1,6 @@
 """TFDS sources read without TensorFlow, and deterministic data-limited subsets.
 
-Decision (documented in the README): kdjax reads every dataset through `tfds` random-access data
+Decision (docs/data.md): kdjax reads every dataset through `tfds` random-access data
 sources over array_record shards. Reading needs no TensorFlow, so the training environment stays
 small and the same on CPU, GPU and TPU. *Preparing* a catalog dataset (download + convert) is a
 one-time step that, for most catalog builders, needs TensorFlow:

@@ -1,7 +1,8 @@
 """The feature-KD baseline of paper B (Qiu et al., arXiv 2406.07337; FitNets-style, Romero et
 al., arXiv 1412.6550): a learned linear map W from the downstream (student) features to the
 pre-trained features, trained to regress all of them with MSE. Unlike AFT it cannot ignore
-pre-trained features that do not help the task (the direction matters: see PAPERS.md)."""
+pre-trained features that do not help the task (the direction matters: paper B, arXiv
+2406.07337)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,6 @@
 """Model construction from the config: one explicit table of students and one of Hugging Face
 families (config.json `model_type` -> kdjax's Flax port in kdjax/models/hf/); no import-time
-registry. Loading pre-trained weights is kdjax/hf/load.py's."""
+registry. Loading pre-trained weights is kdjax/hf/pretrained.py's."""
 
 import jax
 import jax.numpy as jnp
@@ -89,16 +89,16 @@ def check(cfg: ml_collections.ConfigDict) -> None:
 def build(cfg: ml_collections.ConfigDict, num_classes: int, hf_config: dict | None = None):
   """The randomly initialised model of `config.model`: the student `cfg.name`, or with
   `cfg.hub_config` the architecture of that Hugging Face config.json (`hf_config`, already read)
-  with a linear head. Pre-trained models (`cfg.pretrained`) are kdjax.hf.load.build_model's."""
+  with a linear head. Pre-trained models (`cfg.pretrained`): kdjax.hf.pretrained.build_model."""
   check(cfg)
   if cfg.pretrained:
     raise errors.UserError(f"model.pretrained={cfg.pretrained!r}: load it with "
-                           "kdjax.hf.load.build_model, which reads the weights")
+                           "kdjax.hf.pretrained.build_model, which reads the weights")
   dtype, conv = DTYPES[cfg.dtype], conv_function(cfg.conv_impl)
   if cfg.hub_config:
     if hf_config is None:
       raise errors.UserError(f"model.hub_config={cfg.hub_config!r}: pass its config.json "
-                             "(kdjax.hf.load.build_model reads it)")
+                             "(kdjax.hf.pretrained.build_model reads it)")
     backbone = family_of(hf_config, str(cfg.hub_config)).build(
         hf_config, frozenset(), dtype=dtype, num_classes=None)
     if hasattr(backbone, "conv"):

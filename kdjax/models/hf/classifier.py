@@ -6,7 +6,7 @@ Two uses, one module (paper A, Farhat & Chen, arXiv 2404.03263):
   a teacher on the task. The adapted head is what the KD term reads.
 - The pre-trained student baseline: ResNet-18 / MobileNetV2 initialised from Hub weights and
   fine-tuned (backbone learning rate scaled by `optimizer.backbone_lr_scale`).
-The backbone is the family's Flax port (kdjax/models/hf/), loaded by `kdjax.hf.load`, so the
+The backbone is the family's Flax port (kdjax/models/hf/), loaded by `kdjax.hf.pretrained`, so the
 pre-trained weights go through the same tested converters.
 """
 
