@@ -23,7 +23,9 @@ import re
 import shutil
 import tempfile
 
-from kdjax import cli, errors
+from absl import app, flags
+
+from kdjax import cli, errors, runtime
 
 VERSION = "1.0.0"
 _SHOWN = 5  # undecodable files named in the error; the rest are counted
@@ -211,10 +213,9 @@ def prepare(src: str, data_dir: str, name: str, overwrite: bool = False) -> str:
 
 
 def main(argv):
-  from absl import app, flags
-
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runtime.quiet_libraries()
   f = flags.FLAGS
   path = prepare(f.src, f.data_dir, f.name, overwrite=f.overwrite)
   print(f"prepared {f.name} in {path}; train on it with --config.data.name={f.name} "
@@ -224,9 +225,6 @@ def main(argv):
 def run():
   # Flags are defined here, not on import: kdjax/data/prepare.py imports this module, and
   # kdjax.main's flags (--overwrite) would clash with these.
-  from absl import flags
-
-
   flags.DEFINE_string("src", None, "SRC/<split>/<class>/<image> (train/ required).")
   flags.DEFINE_string("data_dir", None, "TFDS data directory to write DIR/NAME/ into.")
   flags.DEFINE_string("name", None, "Dataset name (what --config.data.name then reads).")

@@ -170,6 +170,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
 
   runtime.configure(True)
+  runtime.quiet_libraries()
   a = account(_WORKDIR.value)
   print(table(a))
   if _OUT.value:
