@@ -6,7 +6,7 @@ r"""Synthetic-image generation throughput: kdjax.generate's jitted sampler on ra
 
 The sampler is the one `python -m kdjax.generate` runs (text encoder, `steps` scheduler steps
 with classifier-free guidance, VAE decode, resize, uint8), jitted over a global batch sharded on
-all devices; the pipeline is built by `generate.save_random_pipeline` (`tiny`: the test
+all devices; the pipeline is built by `random_pipeline.save_random_pipeline` (`tiny`: the test
 pipeline, 16 px; `sd-v1`: Stable Diffusion v1's architecture with random weights). Compilation
 is excluded (one warm-up batch); the figure is the median over `repeats` batches. FLOPs per
 image come from XLA's cost analysis of the same program (one and two steps lowered, extrapolated
@@ -45,40 +45,40 @@ def main():
   import ml_collections
   import numpy as np
 
-  from kdjax import generate
   from kdjax import sharding as shd
+  from kdjax.generate import pipeline, random_pipeline, sampler
 
   directory = args.pipeline_dir or tempfile.mkdtemp()
   if not os.path.exists(os.path.join(directory, "unet", "config.json")):
     t = time.perf_counter()
-    generate.save_random_pipeline(directory, args.arch)
+    random_pipeline.save_random_pipeline(directory, args.arch)
     print(f"random {args.arch} pipeline saved in {time.perf_counter() - t:.1f} s: {directory}")
   resolution = args.resolution or (16 if args.arch == "tiny" else 512)
   synth = ml_collections.ConfigDict({
       "resolution": resolution, "num_inference_steps": args.steps,
       "guidance_scale": args.guidance, "resize_method": "lanczos3"})
-  pipe = generate.load_pipeline(generate.resolve(directory, None), args.scheduler, args.dtype)
+  pipe = pipeline.load_pipeline(pipeline.resolve(directory, None), args.scheduler, args.dtype)
   mesh = shd.make_mesh()
   repl, batch_sh = shd.replicated(mesh), shd.batch_sharding(mesh)
   global_batch = args.batch * mesh.devices.size
-  sampler, params = generate.sharded_sampler(pipe, synth, args.image_size or resolution, mesh)
+  sample, params = sampler.sharded_sampler(pipe, synth, args.image_size or resolution, mesh)
   prompts = [f"a picture of a class {i}" for i in range(global_batch)]
-  ids = shd.global_from_host(generate.tokenize(pipe, prompts), batch_sh)
-  negative = shd.global_from_host(generate.tokenize(pipe, [""]), repl)
+  ids = shd.global_from_host(pipeline.tokenize(pipe, prompts), batch_sh)
+  negative = shd.global_from_host(pipeline.tokenize(pipe, [""]), repl)
 
   def seeds(i):
     return shd.global_from_host(np.arange(i * global_batch, (i + 1) * global_batch,
                                           dtype=np.int32), batch_sh)
 
-  flops = generate.sampler_flops(pipe, synth, args.image_size or resolution, params, ids,
-                                 negative, seeds(0))
+  flops = sampler.sampler_flops(pipe, synth, args.image_size or resolution, params, ids,
+                                negative, seeds(0))
   t = time.perf_counter()
-  jax.block_until_ready(sampler(params, ids, negative, seeds(0)))
+  jax.block_until_ready(sample(params, ids, negative, seeds(0)))
   compile_s = time.perf_counter() - t
   times = []
   for i in range(args.repeats):
     t = time.perf_counter()
-    jax.block_until_ready(sampler(params, ids, negative, seeds(i + 1)))
+    jax.block_until_ready(sample(params, ids, negative, seeds(i + 1)))
     times.append(time.perf_counter() - t)
   batch_s = float(np.median(times))
   rate = global_batch / batch_s

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import socket
+import time
 import uuid
 
 HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
@@ -61,6 +62,43 @@ def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
   os.replace(tmp, out)
   if old is not None:
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive_here(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # e.g. PermissionError: it exists, as another user's process
+    return True
+  return True
+
+
+def remove_stale_tmp(directory: str | os.PathLike, names=None, stale_s: float = 3600) -> list:
+  """Deletes the temporary files (or directories) `tmp_name` made in `directory` whose writer is
+  gone: a process no longer alive on this host, or one over `stale_s` old (a writer on another
+  host sharing the directory). Those of live writers are left alone. `names`: a regex the file's
+  own name must match (None: any). Returns the names removed."""
+  removed = []
+  if not os.path.isdir(directory):
+    return removed
+  now = time.time()
+  for entry in os.listdir(directory):
+    match = TMP_PATTERN.match(entry)
+    if not match or (names is not None and not names.match(match["name"])):
+      continue
+    path = os.path.join(directory, entry)
+    try:
+      dead = match["host"] == HOST and not _alive_here(int(match["pid"]))
+      if dead or now - os.lstat(path).st_mtime > stale_s:
+        if os.path.isdir(path) and not os.path.islink(path):
+          shutil.rmtree(path)
+        else:
+          os.remove(path)
+        removed.append(entry)
+    except OSError:  # gone already (another writer removed or renamed it), or not ours
+      pass
+  return removed
 
 
 def differences(have: dict, want: dict, ignore=()) -> list[str]:

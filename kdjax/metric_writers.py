@@ -68,11 +68,11 @@ class Progress:
     eta = (self.total - step) / max(steps_per_s, 1e-9)
     shown = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items())
     logging.info("step %d/%d | %s | %.2f steps/s | %.0f img/s | ETA %s", step, self.total, shown,
-                 steps_per_s, steps_per_s * self.batch, _hms(eta))
+                 steps_per_s, steps_per_s * self.batch, hms(eta))
     return {"steps_per_s": steps_per_s, "images_per_s": steps_per_s * self.batch}
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
   m, s = divmod(int(seconds), 60)
   h, m = divmod(m, 60)
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

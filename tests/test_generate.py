@@ -1,4 +1,4 @@
-"""The synthetic-data stage (kdjax/generate.py) on a tiny randomly initialised Stable Diffusion
+"""The synthetic-data stage (kdjax/generate/) on a tiny randomly initialised Stable Diffusion
 built here (tiny UNet, VAE, CLIP text encoder, a byte-level tokenizer vocabulary): prompts and
 labels from the real dataset's class names, TFDS output read back, training on the mix, and a
 generation killed part-way then resumed."""
@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, tiny_config
+from conftest import REPO, throttled, tiny_config
 
 SHARD = 8
 PER_CLASS = 4  # 40 images, 5 shards
@@ -19,8 +19,8 @@ PER_CLASS = 4  # 40 images, 5 shards
 
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
-  from kdjax import generate
-  return str(generate.save_random_pipeline(tmp_path_factory.mktemp("tiny_sd"), "tiny"))
+  from kdjax.generate import random_pipeline
+  return str(random_pipeline.save_random_pipeline(tmp_path_factory.mktemp("tiny_sd"), "tiny"))
 
 
 def synth_config(tfds_dir, pipeline, **overrides):
@@ -39,9 +39,9 @@ def synth_config(tfds_dir, pipeline, **overrides):
 
 @pytest.fixture(scope="module")
 def generated(tfds_dir, tiny_sd, tmp_path_factory):
-  from kdjax import generate
+  from kdjax.generate import run
   out = tmp_path_factory.mktemp("synth")
-  report = generate.generate(synth_config(tfds_dir, tiny_sd), str(out))
+  report = run.generate(synth_config(tfds_dir, tiny_sd), str(out))
   return str(out), report
 
 
@@ -54,7 +54,7 @@ def read_all(directory):
 
 def test_generated_dataset_reads_back_through_tfds_with_labels_prompts_and_seeds(
     generated, tfds_dir, tiny_sd):
-  from kdjax import generate
+  from kdjax.generate import plan
   directory, report = generated
   builder, examples = read_all(directory)
   names = [str(i) for i in range(10)]
@@ -66,7 +66,7 @@ def test_generated_dataset_reads_back_through_tfds_with_labels_prompts_and_seeds
     label, n = k % 10, k // 10
     assert ex["index"] == k and ex["label"] == label
     assert ex["prompt"].decode() == templates[n % 2].format(c=names[label])
-    assert ex["seed"] == generate.image_seed(0, k)
+    assert ex["seed"] == plan.image_seed(0, k)
     assert ex["image"].shape == (8, 8, 3) and ex["image"].dtype == np.uint8  # the real size
   images = np.stack([ex["image"] for ex in examples]).astype(np.float32)
   assert images.std(axis=0).mean() > 5  # different seeds give different images
@@ -78,15 +78,15 @@ def test_an_image_depends_only_on_its_prompt_and_seed(generated, tiny_sd):
   equals the stored one: the seed column reproduces the dataset."""
   import jax
 
-  from kdjax import generate
+  from kdjax.generate import pipeline, sampler
   directory, _ = generated
   _, examples = read_all(directory)
   cfg = synth_config("", tiny_sd).synth
-  pipe = generate.load_pipeline(generate.resolve(tiny_sd, None), cfg.scheduler, cfg.dtype)
-  sample = jax.jit(generate.make_sampler(pipe, cfg, 8))
+  pipe = pipeline.load_pipeline(pipeline.resolve(tiny_sd, None), cfg.scheduler, cfg.dtype)
+  sample = jax.jit(sampler.make_sampler(pipe, cfg, 8))
   picks = [3, 17, 38]
-  ids = generate.tokenize(pipe, [examples[k]["prompt"].decode() for k in picks])
-  negative = generate.tokenize(pipe, [""])
+  ids = pipeline.tokenize(pipe, [examples[k]["prompt"].decode() for k in picks])
+  negative = pipeline.tokenize(pipe, [""])
   seeds = np.asarray([examples[k]["seed"] for k in picks], np.int32)
   again = np.asarray(sample(pipe.params, ids, negative, seeds))
   for j, k in enumerate(picks):
@@ -136,10 +136,12 @@ def test_unlabelled_synthetic_rows_skip_cross_entropy(generated, tfds_dir):
 def test_killed_generation_resumes_without_duplicates_or_losses(generated, tfds_dir, tiny_sd,
                                                                tmp_path):
   """A 2-process run (`--distributed`, 2 localhost processes, jax.distributed with gloo: each
-  computes half of every global batch of 8, process 0 writes) is SIGKILLed after its second
-  batch (two shards) is logged; the directory is not a dataset yet; a shard corrupted on disk
-  is regenerated; the resume, in one process, ends equal to the uninterrupted one-process run:
-  images depend on prompt and seed only, not on batch, device or process count."""
+  computes half of every global batch of 8, process 0 writes; run through tests/throttled.py,
+  which pauses after each batch) is SIGKILLed after its second batch (two shards) is logged;
+  the directory is not a dataset yet; a shard corrupted on disk is regenerated and a killed
+  writer's temporary file removed; the resume, in one process, ends equal to the uninterrupted
+  one-process run: images depend on prompt and seed only, not on batch, device or process
+  count."""
   import socket
 
   import tensorflow_datasets as tfds
@@ -149,16 +151,15 @@ def test_killed_generation_resumes_without_duplicates_or_losses(generated, tfds_
   with socket.socket() as sock:
     sock.bind(("localhost", 0))
     port = sock.getsockname()[1]
-  cmd = [sys.executable, "-m", "kdjax.generate", "--config=configs/synth/digits.py:"
-         f"images_per_class={PER_CLASS}", f"--workdir={work}",
-         f"--config.synth.pipeline={tiny_sd}", f"--config.data.data_dir={tfds_dir}",
-         f"--config.synth.shard_size={SHARD}", "--config.synth.batch_per_device=4",
-         "--distributed"]
+  cmd = throttled([sys.executable, "-m", "kdjax.generate", "--config=configs/synth/digits.py:"
+                   f"images_per_class={PER_CLASS}", f"--workdir={work}",
+                   f"--config.synth.pipeline={tiny_sd}", f"--config.data.data_dir={tfds_dir}",
+                   f"--config.synth.shard_size={SHARD}", "--config.synth.batch_per_device=4",
+                   "--distributed"], "generate", 0.5)
   procs = [subprocess.Popen(
       cmd, cwd=REPO, stderr=subprocess.PIPE if i == 0 else subprocess.DEVNULL, text=True,
-      env=dict(os.environ, PYTHONPATH=REPO, KDJAX_GENERATE_THROTTLE_S="0.5",
-               JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(i))) for i in range(2)]
+      env=dict(os.environ, PYTHONPATH=REPO, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))) for i in range(2)]
   seen = []
   try:
     for line in procs[0].stderr:
@@ -180,10 +181,11 @@ def test_killed_generation_resumes_without_duplicates_or_losses(generated, tfds_
     tfds.builder_from_directory(str(work))
   kept = {s.name: s.stat().st_ino for s in shards[1:]}
   shards[0].write_bytes(shards[0].read_bytes()[:100])  # a shard corrupted on disk
-  (work / ".stale.array_record.tmp-0").write_bytes(b"half")  # a killed writer's leftover
-
-  from kdjax import generate
-  report = generate.generate(synth_config(tfds_dir, tiny_sd), str(work))
+  from kdjax import files
+  from kdjax.generate import plan, run
+  # A killed writer's leftover: kdjax.files.tmp_name's format, with the killed process's pid.
+  (work / f".{shards[1].name}.{files.HOST}.{procs[0].pid}.{'0' * 32}.tmp").write_bytes(b"half")
+  report = run.generate(synth_config(tfds_dir, tiny_sd), str(work))
   assert report["generated_this_run"] == 40 - SHARD * len(kept)
   assert {s.name: s.stat().st_ino for s in work.glob("*.array_record-*")
           if s.name in kept} == kept  # finished shards kept, not rewritten
@@ -196,18 +198,21 @@ def test_killed_generation_resumes_without_duplicates_or_losses(generated, tfds_
     assert np.abs(a["image"].astype(int) - b["image"].astype(int)).max() <= 1
 
   other = synth_config(tfds_dir, tiny_sd, guidance_scale=3.0)
-  with pytest.raises(generate.GenerateError, match="different setup.*guidance_scale"):
-    generate.generate(other, str(work))
+  with pytest.raises(plan.GenerateError, match="different setup.*guidance_scale"):
+    run.generate(other, str(work))
   assert json.loads((work / "generate.json").read_text())["guidance_scale"] == 7.5
 
 
 def test_offline_hub_miss_names_the_download_command(monkeypatch):
-  from kdjax import generate
+  from kdjax import errors
+  from kdjax.generate import pipeline
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-  with pytest.raises(generate.GenerateError, match="hf download CompVis/stable-diffusion-v1-4 "
-                                                   "--revision bf16"):
-    generate.resolve("CompVis/stable-diffusion-v1-4", "bf16")
+  with pytest.raises(errors.TeacherLoadError,
+                     match="hf download CompVis/stable-diffusion-v1-4 --include "
+                           "'model_index.json' .*'vae/diffusion_flax_model.msgpack' "
+                           "--revision bf16"):
+    pipeline.resolve("CompVis/stable-diffusion-v1-4", "bf16")
 
 
 def _mesh():
@@ -245,15 +250,15 @@ def test_sampler_matches_diffusers_own_flax_pipeline(tiny_sd, scheduler):
   import jax
   import ml_collections
 
-  from kdjax import generate
-  diffusers, _ = generate.import_diffusers()
-  pipe = generate.load_pipeline(generate.resolve(tiny_sd, None), scheduler, "float32")
+  from kdjax.generate import pipeline, sampler
+  diffusers = pipeline.diffusers  # imported with its deprecation notices silenced
+  pipe = pipeline.load_pipeline(pipeline.resolve(tiny_sd, None), scheduler, "float32")
   cfg = ml_collections.ConfigDict({"resolution": 16, "num_inference_steps": 5,
                                    "guidance_scale": 7.5, "resize_method": "lanczos3"})
-  ids = generate.tokenize(pipe, ["a handwritten digit 3", "the number 7"])
+  ids = pipeline.tokenize(pipe, ["a handwritten digit 3", "the number 7"])
   seeds = np.asarray([11, 12], np.int32)
-  ours = np.asarray(jax.jit(generate.make_sampler(pipe, cfg, 16))(
-      pipe.params, ids, generate.tokenize(pipe, [""]), seeds))
+  ours = np.asarray(jax.jit(sampler.make_sampler(pipe, cfg, 16))(
+      pipe.params, ids, pipeline.tokenize(pipe, [""]), seeds))
   reference = diffusers.FlaxStableDiffusionPipeline(
       vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
       scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None)
@@ -265,17 +270,17 @@ def test_sampler_matches_diffusers_own_flax_pipeline(tiny_sd, scheduler):
 
 
 def test_plan_counts_follow_the_real_training_selection(tfds_dir):
-  from kdjax import generate
+  from kdjax.generate import plan as plan_lib
   c = synth_config(tfds_dir, "unused")
   c.synth.images_per_class = 0
   c.synth.multiple = 2.0
   c.synth.exclude_classes = ("7",)
   c.data.n_per_class = 3  # the trainer's data-limited selection: 3 real images per digit
-  names, real_counts, size = generate.real_dataset(c)
-  counts = generate.class_counts(c, names, real_counts)
+  names, real_counts, size = plan_lib.real_dataset(c)
+  counts = plan_lib.class_counts(c, names, real_counts)
   assert size == 8 and list(real_counts) == [3] * 10
   assert list(counts) == [6] * 7 + [0] + [6] * 2
-  plan = generate.make_plan(names, counts, ("{c} texture",), 0, {"9": "nine"})
+  plan = plan_lib.make_plan(names, counts, ("{c} texture",), 0, {"9": "nine"})
   assert len(plan) == 54 and 7 not in plan.labels
   assert plan.prompts[:3] == ["0 texture", "1 texture", "2 texture"]
   assert plan.prompts[8] == "nine texture"
@@ -295,8 +300,8 @@ def test_paper_a_synth_configs_name_real_classes(task):
   spec.loader.exec_module(module)
   c = module.get_config(f"task={task},multiple=2")
   names = tfds.builder(c.data.name, data_dir="/nonexistent").info.features["label"].names
-  from kdjax import generate
-  assert set(generate.parse_rename(c.synth.rename)) <= set(names)
+  from kdjax.generate import plan
+  assert set(plan.parse_rename(c.synth.rename)) <= set(names)
   assert set(c.synth.exclude_classes) <= set(names)
   assert c.synth.templates == {"dtd": ("{c} texture",),
                                "caltech101": ("a picture of a {c}",)}[task]

@@ -3,7 +3,8 @@
   python tests/throttled.py train=0.2 -m kdjax.main --config=... --workdir=...
 
 train=S: after every train step (kdjax.train.loop); cache=S: after every teacher-cache shard
-(kdjax.distill.teacher_cache); generate=S: after every generated batch (kdjax.generate.sampler).
+(kdjax.distill.teacher_cache); generate=S: after every generated batch
+(kdjax.generate.run.write_batch).
 The pause is patched in here, in the test's process, so production code carries no test hook.
 """
 
@@ -41,7 +42,9 @@ PATCHES = {
 
 
 def _slow_generate(seconds):
-  from kdjax.generate import run  # the diffusion stage: imported only when throttled
+  # Imported here, only for generate=S: kdjax.generate.run imports diffusers and transformers
+  # (seconds), which the train and cache pauses do not need.
+  from kdjax.generate import run
 
   run.write_batch = _after(run.write_batch, seconds)
 

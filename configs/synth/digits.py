@@ -1,6 +1,7 @@
 r"""Offline synthetic digits: a randomly initialised tiny Stable Diffusion (no network).
 
-  python -c "from kdjax import generate; generate.save_random_pipeline('runs/tiny_sd')"
+  python -c "from kdjax.generate import random_pipeline; \
+      random_pipeline.save_random_pipeline('runs/tiny_sd')"
   python -m kdjax.generate --config=configs/synth/digits.py --workdir=runs/synth_digits \
       --config.synth.pipeline=runs/tiny_sd
 

@@ -43,7 +43,6 @@ from kdjax import sharding as shd
 from kdjax.data import augment
 
 VERSION = 2  # of cache.json's spec: a cache of another version is refused (rebuild it)
-STALE_TMP_S = 3600  # a temporary file older than this is a dead writer's, whichever its host
 _OURS = re.compile(r"^(?:shard-\d+\.array_record|\.?cache\.json)$")  # files.tmp_name's names
 
 
@@ -160,41 +159,12 @@ def build(config, workdir: str, train_input, distiller, teacher_vars, teacher_re
   if manifest is None:
     manifest = {"spec": want, "cost": {"wall_time_s": 0.0, "flops": 0.0}}
   if todo:
-    _remove_stale_tmp(path)
+    if jax.process_index() == 0:
+      for name in files.remove_stale_tmp(path, _OURS):
+        logging.info("teacher cache: removed %s, left by a killed writer", name)
     manifest = _compute(config, path, names, todo, rows, k, train_input, distiller,
                         teacher_vars, mesh, manifest)
   return _load(names, rows, k, size, distiller, manifest), dict(manifest["cost"])
-
-
-def _alive_here(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except OSError:  # e.g. PermissionError: it exists, as another user's process
-    return True
-  return True
-
-
-def _remove_stale_tmp(path: str) -> None:
-  """Deletes the temporary files of writers that are gone: a process no longer alive on this
-  host, or a file over STALE_TMP_S old (a writer on another host sharing the directory). The
-  files of live writers (concurrent runs sharing the cache) are left alone."""
-  if jax.process_index() != 0 or not os.path.isdir(path):
-    return
-  now = time.time()
-  for name in os.listdir(path):
-    match = files.TMP_PATTERN.match(name)
-    if not match or not _OURS.match(match["name"]):
-      continue
-    file = os.path.join(path, name)
-    try:
-      dead = match["host"] == files.HOST and not _alive_here(int(match["pid"]))
-      if dead or now - os.stat(file).st_mtime > STALE_TMP_S:
-        os.remove(file)
-        logging.info("teacher cache: removed %s, left by a killed writer", name)
-    except OSError:  # gone already (another run removed or renamed it), or not ours to delete
-      pass
 
 
 def _write_manifest(path: str, manifest: dict) -> None:

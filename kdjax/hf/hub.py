@@ -33,8 +33,10 @@ def offline() -> bool:
   return bool(constants.HF_HUB_OFFLINE) or env
 
 
-def download_hint(repo_id: str, include: str = "'*.json' '*.safetensors'") -> str:
-  return (f"`hf download {repo_id} --include {include}` on a machine with network "
+def download_hint(repo_id: str, include: str = "'*.json' '*.safetensors'",
+                  revision: str | None = None) -> str:
+  rev = f" --revision {revision}" if revision else ""
+  return (f"`hf download {repo_id} --include {include}{rev}` on a machine with network "
           "and the same HF_HOME (or copy that cache here)")
 
 
@@ -65,7 +67,7 @@ def resolve(name_or_path: str, revision: str | None = None, *, what: str = "teac
     why = ("HF_HUB_OFFLINE=1" if is_offline else "the Hub could not be reached")
     raise TeacherLoadError(
         f"{what} {name_or_path!r} is not in the HF cache ({constants.HF_HUB_CACHE}) and {why}: "
-        f"run {download_hint(name_or_path, include)}, or pass a local directory with "
+        f"run {download_hint(name_or_path, include, revision)}, or pass a local directory with "
         f"{local}{local_hint}") from e
   except hf_errors.HFValidationError as e:
     raise TeacherLoadError(
