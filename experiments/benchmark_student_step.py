@@ -32,7 +32,7 @@ VARIANTS = {  # name -> (fast_cpu_convolutions flag, model.conv_impl)
 
 
 def _median_time(fn, steps):
-  from kdjax.tools.bench import time_calls
+  from kdjax.tools.bench_rows import time_calls
 
   return time_calls(fn, steps, 0)["seconds"]
 

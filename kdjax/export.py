@@ -135,11 +135,8 @@ def _last_eval(workdir: Path) -> dict:
   return last
 
 
-def to_hf(workdir, out, overwrite: bool = False) -> dict:
-  """Writes run `workdir` as a Hugging Face checkpoint directory `out`; returns its record.
-  `out` is written in a temporary directory and moved into place when complete; an existing
-  `out` is replaced only with `overwrite`."""
-  workdir, out = Path(workdir).resolve(), Path(out).resolve()
+def _check_paths(workdir: Path, out: Path, overwrite: bool) -> None:
+  """Fails unless `workdir` is a run of a Hub architecture and `out` may be written."""
   if not (workdir / "hf_config.json").is_file():
     raise errors.UserError(
         f"{workdir} is not a kdjax run of a Hugging Face architecture (no hf_config.json): "
@@ -150,27 +147,31 @@ def to_hf(workdir, out, overwrite: bool = False) -> dict:
                            "outside the run")
   if out.exists() and not overwrite:
     raise errors.UserError(f"{out} exists: choose another --out, or pass --overwrite")
-  run = json.loads((workdir / "config.json").read_text())
-  hf_config = json.loads((workdir / "hf_config.json").read_text())
-  family = models.family_of(hf_config, str(workdir))
-  if not hasattr(family, "hf_layout"):
-    raise errors.UserError(f"exporting a {hf_config.get('model_type')!r} model is not "
-                           "supported yet; exportable Hub architectures: ResNet and ViT")
-  teacher = pretrained.load(str(workdir), on_host=True)  # backbone + the run's head, host arrays
-  params, stats = teacher.variables["params"], teacher.variables.get("batch_stats") or {}
-  num_classes = int(params["classifier"]["kernel"].shape[-1])
-  size = int(run["data"]["image_size"])
+
+
+def _check_image_size(hf_config: dict, size: int) -> None:
+  """Fails on a ViT run at another size than its config's."""
   if hf_config.get("model_type") == "vit" and int(hf_config.get("image_size", 224)) != size:
     raise errors.UserError(
         f"the run's ViT works at data.image_size={size} px, its config at "
         f"{hf_config.get('image_size', 224)} px: export needs them equal (position embeddings "
         "are stored at the config's size); train at the config's size")
-  names = _class_names(run, num_classes)
+
+
+def _classifier_config(family, hf_config: dict, names: list[str]) -> dict:
+  """The exported config.json: the run's architecture with a head over the classes `names`."""
   config = {**hf_config, "architectures": [family.HF_CLASSIFIER],
             "id2label": {str(i): n for i, n in enumerate(names)},
             "label2id": {n: i for i, n in enumerate(names)}, "torch_dtype": "float32"}
   config.pop("num_labels", None)
-  layout = family.hf_layout(config, num_classes)
+  return config
+
+
+def _classifier_variables(teacher_variables, hf_config: dict) -> dict:
+  """The run's backbone and head (as loaded) as the Flax variables of the family's module with a
+  head."""
+  params = teacher_variables["params"]
+  stats = teacher_variables.get("batch_stats") or {}
   # a checkpoint saved by ViTModel has a pooler that ViTForImageClassification lacks and its
   # head does not read: not exported
   backbone = {k: v for k, v in params["backbone"].items()
@@ -178,12 +179,17 @@ def to_hf(workdir, out, overwrite: bool = False) -> dict:
   variables = {"params": {**backbone, "classifier": params["classifier"]}}
   if stats:
     variables["batch_stats"] = stats["backbone"]
-  tensors = hf_tensors(family, config, layout, variables)
+  return variables
 
-  fraction = float(run["data"].get("eval_crop_fraction", 1.0))
+
+def _processor(data: dict) -> dict:
+  """preprocessor_config.json: the run's eval view (`data` of its config) in an HF image
+  processor."""
+  size = int(data["image_size"])
+  fraction = float(data.get("eval_crop_fraction", 1.0))
   processor = {"do_resize": True, "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255,
-               "do_normalize": True, "image_mean": list(run["data"]["mean"]),
-               "image_std": list(run["data"]["std"])}
+               "do_normalize": True, "image_mean": list(data["mean"]),
+               "image_std": list(data["std"])}
   if fraction == 1.0:  # the eval view: the whole image resized to size x size
     processor.update(image_processor_type="ViTImageProcessor",
                      size={"height": size, "width": size})
@@ -194,28 +200,61 @@ def to_hf(workdir, out, overwrite: bool = False) -> dict:
     raise errors.UserError(
         f"the run's eval view crops the central {fraction:g} at {size} px: Hugging Face image "
         "processors crop only below 384 px, so the exported view would differ")
+  return processor
+
+
+def _record(workdir: Path, architecture: str, num_classes: int) -> dict:
+  """kdjax_export.json: the run, its latest checkpoint step, config hash and last evaluation."""
   ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), max_to_keep=1_000_000,
                                  read_only=True)
   step = ckpt.latest_step()
   ckpt.close()
-  record = {"format": "hf", "run": str(workdir), "step": step,
-            "config_sha1": hashlib.sha1((workdir / "config.json").read_bytes()).hexdigest(),
-            "evaluation": _last_eval(workdir), "architecture": family.HF_CLASSIFIER,
-            "num_classes": num_classes}
+  return {"format": "hf", "run": str(workdir), "step": step,
+          "config_sha1": hashlib.sha1((workdir / "config.json").read_bytes()).hexdigest(),
+          "evaluation": _last_eval(workdir), "architecture": architecture,
+          "num_classes": num_classes}
 
+
+def _write(out: Path, tensors: dict, jsons: dict[str, dict]) -> None:
+  """`out` with the weights and the JSON files `jsons` (name -> content), written in a temporary
+  directory beside it and moved into place when complete."""
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
   try:
     safetensors.numpy.save_file(tensors, str(tmp / hub.SAFETENSORS_NAME),
                                 metadata={"format": "pt"})
-    for name, obj in [("config.json", config), ("preprocessor_config.json", processor),
-                      ("kdjax_export.json", record)]:
+    for name, obj in jsons.items():
       (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
     files.replace_dir(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  logging.info("exported %s (step %s) to %s as %s", workdir, step, out, family.HF_CLASSIFIER)
+
+
+def to_hf(workdir, out, overwrite: bool = False) -> dict:
+  """Writes run `workdir` as a Hugging Face checkpoint directory `out`; returns its record.
+  `out` is written in a temporary directory and moved into place when complete; an existing
+  `out` is replaced only with `overwrite`."""
+  workdir, out = Path(workdir).resolve(), Path(out).resolve()
+  _check_paths(workdir, out, overwrite)
+  run = json.loads((workdir / "config.json").read_text())
+  hf_config = json.loads((workdir / "hf_config.json").read_text())
+  family = models.family_of(hf_config, str(workdir))
+  if not hasattr(family, "hf_layout"):
+    raise errors.UserError(f"exporting a {hf_config.get('model_type')!r} model is not "
+                           "supported yet; exportable Hub architectures: ResNet and ViT")
+  teacher = pretrained.load(str(workdir), on_host=True)  # backbone + the run's head, host arrays
+  num_classes = int(teacher.variables["params"]["classifier"]["kernel"].shape[-1])
+  _check_image_size(hf_config, int(run["data"]["image_size"]))
+  config = _classifier_config(family, hf_config, _class_names(run, num_classes))
+  layout = family.hf_layout(config, num_classes)
+  tensors = hf_tensors(family, config, layout, _classifier_variables(teacher.variables, hf_config))
+  processor = _processor(run["data"])
+  record = _record(workdir, family.HF_CLASSIFIER, num_classes)
+  _write(out, tensors, {"config.json": config, "preprocessor_config.json": processor,
+                        "kdjax_export.json": record})
+  logging.info("exported %s (step %s) to %s as %s", workdir, record["step"], out,
+               family.HF_CLASSIFIER)
   return record
 
 

@@ -16,7 +16,7 @@ import safetensors.numpy
 import torch
 import transformers
 
-from kdjax.models.hf import vit
+from kdjax.models.hf import vit, vit_encoder
 from kdjax.models.hf.common import Tensors
 
 TOL = 1e-4  # fp32 parity bound of the task
@@ -282,7 +282,7 @@ def test_bicubic_matches_torch(size_in, size_out):
   x = x.astype(np.float32)
   want = torch.nn.functional.interpolate(torch.from_numpy(x), size=(size_out, size_out + 3),
                                          mode="bicubic", align_corners=False).numpy()
-  got = vit.resize_bicubic(jnp.asarray(x[0].transpose(1, 2, 0)), (size_out, size_out + 3))
+  got = vit_encoder.resize_bicubic(jnp.asarray(x[0].transpose(1, 2, 0)), (size_out, size_out + 3))
   np.testing.assert_allclose(np.asarray(got).transpose(2, 0, 1)[None], want, atol=1e-5, rtol=0)
 
 

@@ -127,17 +127,10 @@ def _t_data(c, n_per_class: int, seed: int) -> None:
   c.data.subset_seed = seed  # every seed re-draws the hold-out and the labelled images
 
 
-def config_for(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The kdjax config of one stage: `stage=` one of STAGES, `n_per_class=` (T's labelled images
-  per class), `seed=`, `root=` (where every run of the setting lives), `steps=` (0: the
-  stage's default), `beta=` (AFT arms' weight; 0: 1, paper B's default), `runlocal`."""
-  arg = configlib.parse_arg(arg, stage="scratch", n_per_class=5, seed=0, root="runs/transfer",
-                            steps=0, beta=0.0, runlocal=False)
-  if arg.stage not in STAGES:
-    raise ValueError(f"unknown transfer stage {arg.stage!r}; valid: {list(STAGES)}")
-  p = paths(arg.root)
+def _base(seed: int) -> ml_collections.ConfigDict:
+  """What every stage shares: 32 px digits, their augmentation, paper A's AdamW, a Hub model."""
   c = configlib.base()
-  c.seed = arg.seed
+  c.seed = seed
   c.data.load_size = c.data.image_size = IMAGE_SIZE
   c.data.augment.kind = "crop_flip"
   c.data.augment.pad = 4  # one pixel of the 8x8 originals
@@ -150,62 +143,93 @@ def config_for(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.schedule = "cosine"
   c.eval_batch_size = 500
   c.model.name = "hub"
+  return c
+
+
+def _pretrain(c, arg, p: dict) -> None:
+  """pretrain_NAME: network NAME from random init on P (`_p25`: on a quarter of P)."""
+  name = arg.stage.removeprefix("pretrain_")
+  c.data.name = P_DATA
+  if name.endswith("_p25"):
+    c.data.train_split = P25_SPLIT
+  c.model.hub_config = str(p["hf"] / name.removesuffix("_p25"))
+  c.batch_size = 64
+  c.total_steps = arg.steps or PRETRAIN_STEPS
+  c.optimizer.warmup_steps = c.total_steps // 20
+
+
+def _probe(c, arg, p: dict) -> None:
+  """probe_X: paper A's step 1, a linear probe of published teacher X on T."""
+  _t_data(c, arg.n_per_class, arg.seed)
+  c.model.pretrained = str(p["published"] / arg.stage.removeprefix("probe_"))
+  c.model.freeze_backbone = True
+  c.batch_size = 32
+  c.total_steps = arg.steps or PROBE_STEPS
+  c.optimizer.learning_rate = 1e-2
+  c.optimizer.weight_decay = 0.0
+
+
+def _tune(c, arg, p: dict) -> None:
+  """tune_X: paper A's other adaptation, published teacher X fine-tuned on T."""
+  _t_data(c, arg.n_per_class, arg.seed)
+  c.model.pretrained = str(p["published"] / arg.stage.removeprefix("tune_"))
+  c.batch_size = 32
+  c.total_steps = arg.steps or ARM_STEPS
+  c.optimizer.backbone_lr_scale = 0.1
+
+
+def _arm(c, arg, p: dict) -> None:
+  """A student arm (ARMS) on T: its initialisation, its teachers and its loss."""
   stage = arg.stage
-  if stage.startswith("pretrain_"):
-    name = stage.removeprefix("pretrain_")
-    c.data.name = P_DATA
-    if name.endswith("_p25"):
-      c.data.train_split = P25_SPLIT
-    c.model.hub_config = str(p["hf"] / name.removesuffix("_p25"))
-    c.batch_size = 64
-    c.total_steps = arg.steps or PRETRAIN_STEPS
-    c.optimizer.warmup_steps = c.total_steps // 20
-  elif stage.startswith("probe_"):  # paper A's step 1: a linear probe on T
-    _t_data(c, arg.n_per_class, arg.seed)
-    c.model.pretrained = str(p["published"] / stage.removeprefix("probe_"))
-    c.model.freeze_backbone = True
-    c.batch_size = 32
-    c.total_steps = arg.steps or PROBE_STEPS
-    c.optimizer.learning_rate = 1e-2
-    c.optimizer.weight_decay = 0.0
-  elif stage.startswith("tune_"):  # paper A's other adaptation: the teacher fine-tuned on T
-    _t_data(c, arg.n_per_class, arg.seed)
-    c.model.pretrained = str(p["published"] / stage.removeprefix("tune_"))
-    c.batch_size = 32
-    c.total_steps = arg.steps or ARM_STEPS
-    c.optimizer.backbone_lr_scale = 0.1
+  _t_data(c, arg.n_per_class, arg.seed)
+  c.batch_size = 32
+  c.total_steps = arg.steps or ARM_STEPS
+  if pretrained_student(stage):
+    c.model.pretrained = str(p["published"] / pretrained_student(stage))
+    c.optimizer.backbone_lr_scale = 0.1  # paper A's fine-tune: backbone 1e-4, head 1e-3
   else:
-    _t_data(c, arg.n_per_class, arg.seed)
-    c.batch_size = 32
-    c.total_steps = arg.steps or ARM_STEPS
-    sources = ARMS[stage][1]
-    if pretrained_student(stage):
-      c.model.pretrained = str(p["published"] / pretrained_student(stage))
-      c.optimizer.backbone_lr_scale = 0.1  # paper A's fine-tune: backbone 1e-4, head 1e-3
+    c.model.hub_config = str(p["hf"] / "student")
+  teachers = []
+  for source in ARMS[stage][1]:
+    if source.startswith(("probe_", "tune_")):
+      teachers.append(str(run_dir(arg.root, source, arg.n_per_class, arg.seed)))
     else:
-      c.model.hub_config = str(p["hf"] / "student")
-    teachers = []
-    for source in sources:
-      if source.startswith(("probe_", "tune_")):
-        teachers.append(str(run_dir(arg.root, source, arg.n_per_class, arg.seed)))
-      else:
-        teachers.append(str(p["published"] / source))
-    c.teacher.models = ",".join(teachers)
-    if stage in ("distill", "distill_unlabelled", "distill_tuned"):
-      c.loss.kd_weight = c.loss.align_weight = c.loss.unif_weight = 1.0
-      c.data.unlabelled_rest = stage == "distill_unlabelled"
-    elif stage == "kd":
-      c.loss.kd_weight = 1.0
-    elif stage.startswith("aft"):
-      c.loss.aft_weight = arg.beta or 1.0  # paper B's beta; its reference tunes it per task
-    elif stage == "feature_kd":
-      c.loss.feature_kd_weight = 1.0
-      # AFT's reference trains its KD baseline's map at the model's learning rate, not the
-      # prior's (amazon-science/adaptive-feature-transfer)
-      c.loss.prior_learning_rate = c.optimizer.learning_rate
-    if stage.startswith(("aft", "feature_kd")):  # paper B: teacher features computed once
-      c.teacher.mode = "cached"
-      c.teacher.cache_views = CACHE_VIEWS
+      teachers.append(str(p["published"] / source))
+  c.teacher.models = ",".join(teachers)
+  _arm_loss(c, stage, arg.beta)
+
+
+def _arm_loss(c, stage: str, beta: float) -> None:
+  """The arm's distillation terms (none: CE only); cached teachers for AFT and feature-KD."""
+  if stage in ("distill", "distill_unlabelled", "distill_tuned"):
+    c.loss.kd_weight = c.loss.align_weight = c.loss.unif_weight = 1.0
+    c.data.unlabelled_rest = stage == "distill_unlabelled"
+  elif stage == "kd":
+    c.loss.kd_weight = 1.0
+  elif stage.startswith("aft"):
+    c.loss.aft_weight = beta or 1.0  # paper B's beta; its reference tunes it per task
+  elif stage == "feature_kd":
+    c.loss.feature_kd_weight = 1.0
+    # AFT's reference trains its KD baseline's map at the model's learning rate, not the
+    # prior's (amazon-science/adaptive-feature-transfer)
+    c.loss.prior_learning_rate = c.optimizer.learning_rate
+  if stage.startswith(("aft", "feature_kd")):  # paper B: teacher features computed once
+    c.teacher.mode = "cached"
+    c.teacher.cache_views = CACHE_VIEWS
+
+
+def config_for(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The kdjax config of one stage: `stage=` one of STAGES, `n_per_class=` (T's labelled images
+  per class), `seed=`, `root=` (where every run of the setting lives), `steps=` (0: the
+  stage's default), `beta=` (AFT arms' weight; 0: 1, paper B's default), `runlocal`."""
+  arg = configlib.parse_arg(arg, stage="scratch", n_per_class=5, seed=0, root="runs/transfer",
+                            steps=0, beta=0.0, runlocal=False)
+  if arg.stage not in STAGES:
+    raise ValueError(f"unknown transfer stage {arg.stage!r}; valid: {list(STAGES)}")
+  c = _base(arg.seed)
+  stage_kinds = (("pretrain_", _pretrain), ("probe_", _probe), ("tune_", _tune))
+  setup = next((f for prefix, f in stage_kinds if arg.stage.startswith(prefix)), _arm)
+  setup(c, arg, paths(arg.root))
   c.checkpoint_every_steps = c.total_steps
   c.log_every_steps = max(1, c.total_steps // 4)
   if arg.runlocal:
