@@ -84,13 +84,8 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
   cache, cache_cost = _attach_cache(config, workdir, data, teach, mesh)
   online_vars = teach.variables if distiller is not None and not distiller.cached else []
   # ---------------------------------------------------------------- State, shape first
-  init = functools.partial(steps.create_train_state, model.module, model.tx, image_shape,
-                           frozen=config.model.freeze_backbone, distiller=distiller)
-  abstract_state = jax.eval_shape(init, init_key, model.pretrained)
+  state, abstract_state = _init_state(config, model, image_shape, distiller, repl, init_key)
   state_sh = jax.tree.map(lambda _: repl, abstract_state)
-  state = jax.jit(init, out_shardings=state_sh)(init_key, model.pretrained)
-  model.pretrained = None  # now inside the state (fine-tune) or in `frozen` (probe)
-  _log_model(config, abstract_state, model.frozen)
   # ---------------------------------------------------------------- Steps
   make_step = functools.partial(_make_train_step, config, model, data.num_classes,
                                 partial_labels, (state_sh, batch_sh, repl, shd.sharding_of(
@@ -105,60 +100,79 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
   workdir_lib.truncate_metrics(workdir, start_step)  # rows after that checkpoint: logged again
   # ---------------------------------------------------------------- Cost (XLA's count)
   acct = accounting.Accounting(cost)
-  cache_arrays = cache.arrays if cache is not None else None
-  acct.count_train_step(train_step, (state, abstract(config.batch_size, cache_arrays=cache_arrays),
-                                     dropout_key, model.frozen, online_vars), config.batch_size)
+  batch = abstract(config.batch_size, cache_arrays=cache.arrays if cache else None)
+  acct.count_train_step(train_step, (state, batch, dropout_key, model.frozen, online_vars),
+                        config.batch_size)
   if cache is not None:  # what the same step would cost with the teachers run online
-    acct.count_cache(lambda d: make_step(d, teach.variables), distiller,
-                     (state, abstract(config.batch_size), dropout_key, model.frozen,
-                      teach.variables), cache_cost)
+    acct.count_cache(lambda d: make_step(d, teach.variables), distiller, (
+        state, abstract(config.batch_size), dropout_key, model.frozen, teach.variables),
+        cache_cost)
   # ---------------------------------------------------------------- Loop
-  writer = MetricWriter(workdir)
-  progress = Progress(total_steps, config.batch_size, start_step)
+  hooks = _Hooks(data, model, train_step, evaluator, ckpt, acct, MetricWriter(workdir),
+                 Progress(total_steps, config.batch_size, start_step), aug_key, dropout_key,
+                 online_vars, steps_per_epoch)
   train_loop = loop.Loop(
       total_steps, start_step, config.log_every_steps,
       optim.steps_from(config, "eval_every", steps_per_epoch, default=0),
       config.checkpoint_every_steps, ckpt.directory,
       last_saved=start_step if start_step else None, terms=objective.TERMS)
-
-  def step_fn(state, step):
-    batch = data.train.batch(step - 1, jax.random.fold_in(aug_key, step - 1))
-    return train_step(state, batch, dropout_key, model.frozen, online_vars)
-
-  def log(step, means):
-    means = {f"train/{k}": v for k, v in means.items()}
-    speed = progress.report(step, means)
-    means["train/learning_rate"] = float(model.learning_rate(step - 1))
-    writer.write(step, {**means, **speed, "epoch": step / steps_per_epoch})
-
-  def evaluate(step, state):
-    metrics = evaluator(step, _eval_variables(model, state), acct.add_eval)
-    writer.write(step, metrics)
-    return metrics
-
-  def save(step, state):
-    ckpt.save(step, state, {"step": step, "cost": acct.record(step),
-                            "data_position": {"epoch": step // steps_per_epoch,
-                                              "batch_in_epoch": step % steps_per_epoch}})
-
   try:
     state, final_metrics = train_loop.run(
-        state, step_fn, log=log, evaluate=evaluate, save=save, should_stop=guard.should_stop,
-        stop_requested=preemption.requested, wait=ckpt.wait)
+        state, hooks.step, log=hooks.log, evaluate=hooks.evaluate, save=hooks.save,
+        should_stop=guard.should_stop, stop_requested=preemption.requested, wait=ckpt.wait)
     if start_step >= total_steps:  # already finished: evaluate the restored state again
       final_metrics = evaluator(total_steps, _eval_variables(model, state), acct.add_eval)
     cost_metrics = {f"cost/{k}": v for k, v in acct.final(total_steps).items()}
     if start_step < total_steps:
-      writer.write(total_steps, cost_metrics)
+      hooks.writer.write(total_steps, cost_metrics)
     final_metrics.update(cost_metrics)
   finally:  # also on errors: in-flight saves of good steps complete; nothing after them is saved
-    writer.close()
+    hooks.writer.close()
     ckpt.close()
   # ---------------------------------------------------------------- Reports
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, "cost.json"), acct.cost)
   reports.write(workdir, state.aux, distiller)
   return Result(state=state, metrics=final_metrics)
+
+
+@dataclasses.dataclass
+class _Hooks:
+  """What the loop (kdjax.train.loop.Loop.run) does at each step, log, evaluation and save."""
+
+  data: object
+  model: Model
+  train_step: object
+  evaluator: classification.Evaluator
+  ckpt: checkpoint.Checkpointer
+  acct: accounting.Accounting
+  writer: MetricWriter
+  progress: Progress
+  aug_key: jax.Array
+  dropout_key: jax.Array
+  online_vars: list  # the online teachers' variables ([] when cached or none)
+  steps_per_epoch: int
+
+  def step(self, state, step):
+    batch = self.data.train.batch(step - 1, jax.random.fold_in(self.aug_key, step - 1))
+    return self.train_step(state, batch, self.dropout_key, self.model.frozen, self.online_vars)
+
+  def log(self, step, means):
+    means = {f"train/{k}": v for k, v in means.items()}
+    speed = self.progress.report(step, means)
+    means["train/learning_rate"] = float(self.model.learning_rate(step - 1))
+    self.writer.write(step, {**means, **speed, "epoch": step / self.steps_per_epoch})
+
+  def evaluate(self, step, state):
+    metrics = self.evaluator(step, _eval_variables(self.model, state), self.acct.add_eval)
+    self.writer.write(step, metrics)
+    return metrics
+
+  def save(self, step, state):
+    epoch, batch_in_epoch = divmod(step, self.steps_per_epoch)
+    self.ckpt.save(step, state, {"step": step, "cost": self.acct.record(step),
+                                 "data_position": {"epoch": epoch,
+                                                   "batch_in_epoch": batch_in_epoch}})
 
 
 def _resolve_pretrained(config):
@@ -204,12 +218,21 @@ def _attach_cache(config, workdir, data, teach, mesh):
   return cache, cost
 
 
-def _log_model(config, abstract_state, frozen) -> None:
+def _init_state(config, model, image_shape, distiller, repl, key):
+  """(the initial state, replicated on the mesh; its abstract shape). The pre-trained variables
+  go into the state (fine-tune) or stay in `model.frozen` (probe)."""
+  init = functools.partial(steps.create_train_state, model.module, model.tx, image_shape,
+                           frozen=config.model.freeze_backbone, distiller=distiller)
+  abstract_state = jax.eval_shape(init, key, model.pretrained)
+  state = jax.jit(init, out_shardings=jax.tree.map(lambda _: repl, abstract_state))(
+      key, model.pretrained)
+  model.pretrained = None
   num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
-  num_frozen = sum(x.size for x in jax.tree.leaves(frozen))
+  num_frozen = sum(x.size for x in jax.tree.leaves(model.frozen))
   logging.info("model %s%s: %s trained parameters, %s frozen", config.model.name,
                f" from {config.model.pretrained}" if config.model.pretrained else "",
                f"{num_params:,}", f"{num_frozen:,}")
+  return state, abstract_state
 
 
 def _make_train_step(config, model, num_classes, partial_labels, shardings, repl, distiller,
