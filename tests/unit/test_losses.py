@@ -2,15 +2,13 @@
 loops, no shared code), their defining properties, and the same values on 1 and 8 devices."""
 
 import itertools
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_python
 
-from kdjax import losses, runtime
+from kdjax import losses
 
 RNG = np.random.RandomState(0)
 
@@ -75,9 +73,12 @@ def test_alignment_matches_numpy(alpha):
 
 @pytest.mark.parametrize("t", [2.0, 0.5, 20.0])
 def test_uniformity_matches_numpy_and_ignores_batch_order(t):
-  z = _unit(RNG.randn(11, 6))
+  # its own generator: the inputs (and float32's rounding of |z|) do not depend on which tests
+  # ran before in this process
+  rng = np.random.RandomState(0)
+  z = _unit(rng.randn(11, 6))
   np.testing.assert_allclose(losses.uniformity(z, t), np_uniformity(z, t), rtol=1e-5, atol=1e-6)
-  perm = RNG.permutation(len(z))
+  perm = rng.permutation(len(z))
   np.testing.assert_allclose(losses.uniformity(z[perm], t), losses.uniformity(z, t), rtol=1e-6)
   # All embeddings equal: every pair at distance 0, log mean exp(0) = 0 (the maximum).
   assert abs(float(losses.uniformity(np.tile(z[:1], (5, 1)), t))) < 1e-6
@@ -156,42 +157,4 @@ def test_feature_maps():
 
 # ---------------------------------------------------------------- 1 vs 8 devices
 
-_SHARDED = """
-import json, sys
-import jax, jax.numpy as jnp, numpy as np
-from kdjax import losses, sharding
-mesh = sharding.make_mesh()
-rng = np.random.RandomState(1)
-unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-arrays = dict(zs=unit(rng.randn(16, 8)), zt=unit(rng.randn(16, 8)), s=rng.randn(16, 10),
-              t=rng.randn(16, 10), g=rng.randn(16, 5), phi=rng.randn(16, 12))
-rho, w = rng.randn(12), rng.randn(5, 12)
-batch = {k: jax.device_put(jnp.asarray(v, jnp.float32), sharding.batch_sharding(mesh))
-         for k, v in arrays.items()}
 
-@jax.jit
-def all_losses(b):
-  return {"alignment": losses.alignment(b["zs"], b["zt"]),
-          "uniformity": losses.uniformity(b["zs"]),
-          "kd": losses.kd_kl(b["s"], b["t"]),
-          "aft": losses.aft(b["g"], b["phi"], jnp.asarray(rho)),
-          "aft_rbf": losses.aft(b["g"], b["phi"], jnp.asarray(rho), "rbf"),
-          "feature_kd": losses.feature_kd(b["g"], b["phi"], jnp.asarray(w))}
-
-print(json.dumps({"devices": mesh.devices.size,
-                  **{k: float(v) for k, v in all_losses(batch).items()}}))
-"""
-
-
-def test_losses_are_global_over_a_sharded_batch():
-  """The same global batch on 1 device and split over 8 gives the same losses."""
-  results = []
-  for n in (1, 8):
-    env = {"XLA_FLAGS": runtime.with_cpu_flags(f"--xla_force_host_platform_device_count={n}")}
-    proc = run_python(_SHARDED, env_extra=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-  one, eight = results
-  assert one.pop("devices") == 1 and eight.pop("devices") == 8
-  for key in one:
-    np.testing.assert_allclose(eight[key], one[key], rtol=1e-5, err_msg=key)

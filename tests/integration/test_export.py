@@ -17,6 +17,7 @@ import transformers
 from conftest import run_python, snapshot, tiny_config
 
 from kdjax import configlib, errors
+from kdjax import export as export_module
 from kdjax.hf import preprocessing, pretrained
 from kdjax.models.hf import common, resnet, vit
 from kdjax.train import trainer
@@ -66,12 +67,8 @@ def _torch_model(arch, config: dict):
 
 @pytest.fixture(scope="module")
 def export():
-  """kdjax.export, imported when its tests run, not when the suite is collected: it defines
-  absl flags (--workdir, --out) on import, as kdjax.tools.cost does (tests/test_cost.py), and a
-  clash must not stop the collection of every other test."""
-  from kdjax import export as module
-
-  return module
+  """The module under test (its flags are defined only when it runs as a command)."""
+  return export_module
 
 
 # ------------------------------------------------------------------------------ hf_layout

@@ -481,7 +481,7 @@ def test_cache_is_reused_without_rewriting_and_refuses_other_views(cached_runs):
 
 def test_one_step_on_eight_devices_equals_one(one_step, teacher_dirs, tmp_path):
   out = str(tmp_path / "eight.msgpack")
-  code = ("import sys; sys.path.insert(0, 'tests'); import test_distill; "
+  code = ("import sys; sys.path[:0] = ['tests', 'tests/integration']; import test_distill; "
           f"test_distill._run_step({teacher_dirs['ten']!r}, {out!r})")
   proc = run_python(code, env_extra=EIGHT_DEVICES)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,12 +13,11 @@ import os
 import sys
 
 import nbformat
-from conftest import with_test_flags
+from conftest import REPO, with_test_flags
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "notebooks", "quickstart.ipynb")
 ARMS = ("teacher", "scratch", "distill")
 PROBE = ("import json, os, sys\n"

@@ -1,0 +1,49 @@
+"""kdjax.losses on a sharded batch: the same global batch on 1 device and split over 8 (each in
+its own process, as XLA fixes the device count at start-up) gives the same losses."""
+
+import json
+
+import numpy as np
+from conftest import run_python
+
+from kdjax import runtime
+
+_SHARDED = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from kdjax import losses, sharding
+mesh = sharding.make_mesh()
+rng = np.random.RandomState(1)
+unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+arrays = dict(zs=unit(rng.randn(16, 8)), zt=unit(rng.randn(16, 8)), s=rng.randn(16, 10),
+              t=rng.randn(16, 10), g=rng.randn(16, 5), phi=rng.randn(16, 12))
+rho, w = rng.randn(12), rng.randn(5, 12)
+batch = {k: jax.device_put(jnp.asarray(v, jnp.float32), sharding.batch_sharding(mesh))
+         for k, v in arrays.items()}
+
+@jax.jit
+def all_losses(b):
+  return {"alignment": losses.alignment(b["zs"], b["zt"]),
+          "uniformity": losses.uniformity(b["zs"]),
+          "kd": losses.kd_kl(b["s"], b["t"]),
+          "aft": losses.aft(b["g"], b["phi"], jnp.asarray(rho)),
+          "aft_rbf": losses.aft(b["g"], b["phi"], jnp.asarray(rho), "rbf"),
+          "feature_kd": losses.feature_kd(b["g"], b["phi"], jnp.asarray(w))}
+
+print(json.dumps({"devices": mesh.devices.size,
+                  **{k: float(v) for k, v in all_losses(batch).items()}}))
+"""
+
+
+def test_losses_are_global_over_a_sharded_batch():
+  """The same global batch on 1 device and split over 8 gives the same losses."""
+  results = []
+  for n in (1, 8):
+    env = {"XLA_FLAGS": runtime.with_cpu_flags(f"--xla_force_host_platform_device_count={n}")}
+    proc = run_python(_SHARDED, env_extra=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+  one, eight = results
+  assert one.pop("devices") == 1 and eight.pop("devices") == 8
+  for key in one:
+    np.testing.assert_allclose(eight[key], one[key], rtol=1e-5, err_msg=key)
