@@ -1,19 +1,22 @@
 r"""Paper A (Farhat & Chen, arXiv 2404.03263): distil a public pre-trained teacher into a small
 student on one task, against the same student from scratch and pre-trained + fine-tuned.
 
-  --config=configs/paper_a.py:teacher=T,student=S,data=D,arm=A[,teacher_dir=DIR][,epochs=E]
-      [,synthetic=DIR[,synthetic_fraction=F]]
+  --config=configs/paper_a.py:teacher=T,student=S,data=D,arm=A[,teacher_dir=DIR][,adapt=M]
+      [,epochs=E][,synthetic=DIR[,synthetic_fraction=F]]
   teacher  resnet50 | vit_b16 (TEACHERS below)
   student  resnet18 | mobilenet_v2 (randomly initialised; ImageNet layout at 224 px)
   data     cifar10 | cifar100 | mit_indoor67 | cub200 (TFDS caltech_birds2011) | caltech101 | dtd
   arm      distill  CE + KD (T = 4) + alignment + uniformity, all weights 1 (loss.*_weight),
                     each model's penultimate features through its own mlp projection head
-                    (Linear(d,d)-ReLU-Linear(d,128)); the teacher is `teacher_dir`, run online
-                    (frozen, eval mode) on the student's augmented batch
+                    (Linear(d,d)-ReLU-Linear(d,128)); the teacher, adapted to the task, run
+                    online (frozen, eval mode) on the student's augmented batch
            scratch  the same student and schedule, CE only
            finetune the ImageNet student from the Hub, AdamW backbone lr 1e-4, head lr 1e-3,
                     weight decay 5e-4
-  teacher_dir  the adapted teacher (default runs/adapt_<teacher>_<data>)
+  teacher_dir  an adapted teacher's directory (configs/adapt.py), used as it is; default: none,
+           the same command adapts the teacher first (`teacher.adapt`, adapt_config below)
+           into WORKDIR/teacher (resumed if killed, skipped once finished), then distils
+  adapt    probe (default: paper A's linear probe) | finetune: how that teacher is adapted
   synthetic    distill only: a kdjax.generate directory (configs/synth/paper_a.py) joined to the
            real training images, labelled by prompt, with DiffAugment (augment.kind=
            rrc_flip_diffaug) as the reference's synthetic-data runs; synthetic_fraction: the
@@ -62,16 +65,24 @@ not. The full table: experiments/README.md "Paper A's recipe".
   per image (train_lp.py:110-115); ours is a plain linear probe on every epoch's augmented view
   (configs/adapt.py). One seed in the reference (default 9); the grid runs 3.
 
-Step 1, adapt the teacher (linear probe of a new head, configs/adapt.py), e.g. CIFAR-10:
-  python -m kdjax.main --workdir=runs/adapt_resnet50_cifar10 \
-      --config=configs/adapt.py:model=microsoft/resnet-50,task=cifar10
-Step 2, the arms:
+The distill arm in one command: step 1 adapts the teacher (a linear probe of a new head,
+adapt_config below) into WORKDIR/teacher, step 2 distils from it (WORKDIR/adapt.json records the
+teacher's source, step and accuracy). Run again, a finished adaptation is not trained again;
+`--config.teacher.adapt.KEY=...` tunes it (e.g. total_epochs). Offline, a Hub teacher or dataset
+that is missing is named, with the command that fetches it, before anything is written.
   python -m kdjax.main --workdir=runs/pa_r50_r18_cifar10_distill \
       --config=configs/paper_a.py:teacher=resnet50,student=resnet18,data=cifar10,arm=distill
   python -m kdjax.main --workdir=runs/pa_r18_cifar10_scratch \
       --config=configs/paper_a.py:student=resnet18,data=cifar10,arm=scratch
   python -m kdjax.main --config=configs/paper_a.py:runlocal --workdir=/tmp/pa   # CPU smoke test
-experiments/paper_a.py runs the whole grid (adaptation, arms, synthetic sets) in order.
+      (a 4-step probe of microsoft/resnet-50 at 32 px, then 4 distillation steps)
+An adapted teacher shared by several arms and seeds is made once with configs/adapt.py and
+passed as `teacher_dir` (no adaptation then):
+  python -m kdjax.main --workdir=runs/adapt_resnet50_cifar10 \
+      --config=configs/adapt.py:model=microsoft/resnet-50,task=cifar10
+  python -m kdjax.main --workdir=runs/pa_r50_r18_cifar10_distill_s1 --config.seed=1 \
+      --config=configs/paper_a.py:arm=distill,teacher_dir=runs/adapt_resnet50_cifar10
+experiments/paper_a.py runs the whole grid (adaptation, arms, synthetic sets) in order, that way.
 
 Data: `tfds build cifar10 --file_format=array_record` (likewise cifar100, caltech_birds2011,
 caltech101, dtd; needs tensorflow-cpu and network once, see README). MIT Indoor-67 is not in
@@ -122,8 +133,8 @@ def _check(name, value, valid):
 
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, teacher="resnet50", student="resnet18", data="cifar10",
-                            arm="distill", teacher_dir="", epochs=0.0, synthetic="",
-                            synthetic_fraction=0.0, runlocal=False)
+                            arm="distill", teacher_dir="", adapt="probe", epochs=0.0,
+                            synthetic="", synthetic_fraction=0.0, runlocal=False)
   _check("teacher", arg.teacher, TEACHERS)
   _check("student", arg.student, STUDENTS)
   _check("data", arg.data, TASKS)
@@ -156,7 +167,10 @@ def get_config(arg=None):
     c.loss.unif_t = 2.0
     c.loss.proj_head = "mlp"
     c.loss.proj_dim = 128
-    c.teacher.models = arg.teacher_dir or f"runs/adapt_{arg.teacher}_{arg.data}"
+    if arg.teacher_dir:  # adapted already (configs/adapt.py): used as it is
+      c.teacher.models = arg.teacher_dir
+    else:  # step 1 in the same command: adapted into WORKDIR/teacher first
+      c.teacher.adapt = adapt_config(TEACHERS[arg.teacher], arg.adapt, arg.data)
     c.teacher.mode = "online"
 
   c.batch_size = 64
@@ -168,11 +182,32 @@ def get_config(arg=None):
   c.eval_every_epochs = 1.0  # the reference tests every epoch (distill.py:255)
   c.checkpoint_every_steps = 5000
   if arg.runlocal:
-    configlib.shrink_for_local_run(c)
-    c.data.load_size = 40
-    c.data.image_size = 32
+    configlib.shrink_for_local_run(c, image_size=32)
     c.model.width = 16  # narrow students: a CPU run compiles and steps faster
     c.model.width_multiplier = 0.25
+    if c.teacher.adapt:
+      configlib.shrink_for_local_run(c.teacher.adapt, image_size=32)
+  return c
+
+
+def adapt_config(source: str, mode: str, task: str, name: str = "hub"):
+  """Step 1, the reference's adaptation of `source` to `task` (sfarhat/dapt train_lp.py /
+  train_ft.py; configs/adapt.py's `task=T`): the task's data exactly as the student's
+  (set_data: splits, classes, views, ImageNet mean/std), torch AdamW defaults (lr 1e-3, weight
+  decay 1e-2 on every parameter, no schedule), batch 64, 250 epochs (train_lp.py:55-56,175,178);
+  fine-tune: backbone 1e-4, head 1e-3, weight decay 5e-4 and the checkpoint's own normalisation
+  (train_ft.py:51-63,162,172)."""
+  c = configlib.adapt_config(source, mode, name=name)
+  set_data(c.data, task)
+  if mode == "finetune":
+    c.data.normalization = "auto"  # the checkpoint's own, as arm=finetune
+  set_optimizer(c.optimizer)
+  if mode == "finetune":
+    c.optimizer.weight_decay = 5e-4  # train_ft.py:162
+    c.optimizer.backbone_lr_scale = 0.1  # backbone 1e-4, head 1e-3 (train_ft.py:51-63)
+  c.total_epochs = EPOCHS  # train_lp.py:178, train_ft.py:172 (scripts: --epochs=250)
+  c.eval_every_steps = 5000
+  c.checkpoint_every_steps = 5000
   return c
 
 

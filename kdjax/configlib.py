@@ -18,6 +18,8 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 # data.normalization: auto (a pre-trained model's own mean/std, see base()) | config
 NORMALIZATIONS = ("auto", "config")
+# adapt_config's modes: a linear probe of a new head on the frozen backbone | a full fine-tune
+ADAPT_MODES = ("probe", "finetune")
 
 
 def load_file(path: str, name: str = "_kdjax_config"):
@@ -49,8 +51,13 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
-def shrink_for_local_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The `runlocal` switch: a few small steps that exercise every code path on a CPU."""
+def shrink_for_local_run(c: ml_collections.ConfigDict,
+                         image_size: int | None = None) -> ml_collections.ConfigDict:
+  """The `runlocal` switch: a few small steps that exercise every code path on a CPU.
+  `image_size`: also the images, loaded at 1.25x that size (a 224 px recipe at 32 px: 40)."""
+  if image_size:
+    c.data.image_size = image_size
+    c.data.load_size = image_size * 5 // 4
   c.batch_size = 16
   c.eval_batch_size = 32
   c.total_epochs = None
@@ -155,6 +162,14 @@ def base() -> ml_collections.ConfigDict:
   # cached: training positions per cache shard, the unit a killed cache build resumes from
   c.teacher.cache_shard_size = 1024
   c.teacher.evaluate = True  # evals also report teacher accuracy and student-teacher agreement
+  # Adapt the teacher to the task first (paper A). Empty (the default): teacher.models are used
+  # as they are. Otherwise the whole trainer config of the adaptation run (adapt_config below:
+  # model.pretrained is the Hub teacher, model.freeze_backbone=True a linear probe), which
+  # `python -m kdjax.main` (kdjax/train/adapt.py) runs into WORKDIR/teacher first (resumed if
+  # killed, skipped once finished) and then distils from; teacher.models stays empty. Its data
+  # are the student's dataset, classes, training split and hold-out (checked), seen through its
+  # own views; its data.data_dir empty: the student's. Tune it as --config.teacher.adapt.KEY.
+  c.teacher.adapt = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "cifar10"  # any TFDS image-classification dataset, or kdjax_digits
@@ -207,6 +222,45 @@ def base() -> ml_collections.ConfigDict:
   c.data.augment.flip = True
   c.data.augment.scale = (0.08, 1.0)
   c.data.augment.ratio = (3 / 4, 4 / 3)
+  return c
+
+
+def adapt_config(source: str, mode: str = "probe", data: str = "",
+                 name: str = "hub") -> ml_collections.ConfigDict:
+  """The trainer config that adapts the pre-trained `source` (a Hub id or directory) to a task:
+  a new head on the frozen backbone (`mode="probe"`: backbone in eval mode, no gradient, never
+  checkpointed) or a full fine-tune (`"finetune"`: backbone lr x 0.1). AdamW lr 1e-3, weight
+  decay 1e-2, no schedule, batch 64, 10 (probe) / 30 (fine-tune) epochs. `data`: the TFDS
+  dataset, seen at 224 px (CIFAR: resized to 256, random 224 crop + flip, eval the central 224;
+  others: random-resized crop 224 + flip) with the checkpoint's own normalisation; empty: the
+  data section stays base()'s, for the caller to set. configs/adapt.py's recipe and a
+  distillation config's `teacher.adapt`; `name`: model.name (the family, or "hub": any)."""
+  if mode not in ADAPT_MODES:
+    raise errors.UserError(f"unknown adaptation mode {mode!r}; valid: {sorted(ADAPT_MODES)}")
+  c = base()
+  c.model.name = name
+  c.model.pretrained = source
+  c.model.freeze_backbone = mode == "probe"
+  if data:
+    c.data.name = data
+    c.data.image_size = 224
+    c.data.load_size = 256
+    if data.startswith("cifar"):
+      c.data.augment.kind = "crop_flip"
+      c.data.augment.pad = 0  # random 224 crop of the 256 px image
+      c.data.eval_crop_fraction = 224 / 256  # eval: the central 224 of the 256 px image
+    else:
+      c.data.augment.kind = "rrc_flip"
+  c.batch_size = 64
+  c.eval_batch_size = 128
+  c.total_epochs = 10.0 if mode == "probe" else 30.0
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.weight_decay = 1e-2
+  c.optimizer.schedule = "constant"
+  c.optimizer.backbone_lr_scale = 0.1 if mode == "finetune" else 1.0
+  c.eval_every_steps = 2000
+  c.checkpoint_every_steps = 2000
   return c
 
 

@@ -17,8 +17,9 @@ def check(config: ml_collections.ConfigDict) -> None:
   errors.UserError naming the key, the value and what is valid. Reads nothing but the config."""
   c = config
   models.check(c.model)
-  teacher_views.parse_views(c.teacher.views, len(configlib.teacher_names(c)))
-  objective.check(c.loss, has_teachers=bool(c.teacher.models.strip(", ")))
+  adapt = bool(c.teacher.adapt)  # one teacher, adapted into WORKDIR/teacher (kdjax.train.adapt)
+  teacher_views.parse_views(c.teacher.views, len(configlib.teacher_names(c)) or int(adapt))
+  objective.check(c.loss, has_teachers=bool(c.teacher.models.strip(", ")) or adapt)
   for key, table in [("optimizer.name", optim.OPTIMIZERS),
                      ("optimizer.schedule", optim.SCHEDULES),
                      ("teacher.mode", objective.TEACHER_MODES),
@@ -104,6 +105,62 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise errors.UserError(f"data.augment.ratio={tuple(ratio)}: with data.load_resize="
                            "'shorter_full' (portrait images stored transposed) the aspect range "
                            "must be reciprocal, (r, 1/r), e.g. (0.75, 1.3333333)")
+  if adapt:
+    _check_adapt(c)
+
+
+# teacher.adapt.data must name the student's task: the same images and classes, and the same
+# training split and hold-out, so the teacher never trains on the student's validation images
+ADAPT_SAME_DATA = ("name", "exclude_classes", "train_split", "val_fraction", "subset_seed")
+
+
+def _check_adapt(c) -> None:
+  """teacher.adapt: the adaptation run's own config, of one Hub teacher on the student's task.
+  With it, teacher.models is WORKDIR/teacher, set by kdjax.train.adapt (see adapting)."""
+  run = c.teacher.adapt
+  if not run.model.pretrained:
+    raise errors.UserError("teacher.adapt.model.pretrained is empty: set the Hub id (or "
+                           "directory) of the teacher to adapt, e.g. microsoft/resnet-50")
+  try:
+    check(run)
+  except errors.UserError as e:
+    raise errors.UserError(f"teacher.adapt (the teacher's adaptation run): {e}") from e
+  if run.teacher.models or run.teacher.adapt:
+    raise errors.UserError("teacher.adapt.teacher.models / teacher.adapt.teacher.adapt: the "
+                           "adaptation run trains the teacher's head with CE alone; leave them "
+                           "empty")
+  for key in ADAPT_SAME_DATA:
+    if run.data[key] != c.data[key]:
+      raise errors.UserError(
+          f"teacher.adapt.data.{key}={run.data[key]!r} but data.{key}={c.data[key]!r}: the "
+          "teacher adapts on the student's task (dataset, classes, training split and "
+          f"hold-out); set --config.teacher.adapt.data.{key} to the same value")
+  names = configlib.teacher_names(c)
+  if len(names) > 1:
+    raise errors.UserError(f"teacher.models={c.teacher.models!r} with teacher.adapt: one "
+                           "teacher is adapted (into WORKDIR/teacher); adapt several with "
+                           "configs/adapt.py and pass their directories as teacher.models")
+  if not names:
+    raise errors.UserError(
+        "teacher.adapt is set but teacher.models is empty: the trainer does not adapt "
+        "teachers; run the config with `python -m kdjax.main` (kdjax.train.adapt."
+        "train_and_evaluate), which adapts the teacher into WORKDIR/teacher and distils from it")
+
+
+def adapting(config) -> bool:
+  """Whether `config`, as given to `python -m kdjax.main`, adapts its teacher first
+  (teacher.adapt set). Refuses teacher.models set beside it: that teacher is then the adapted
+  run directory WORKDIR/teacher."""
+  if not config.teacher.adapt:
+    return False
+  if config.teacher.models.strip(", "):
+    raise errors.UserError(
+        f"teacher.models={config.teacher.models!r} and teacher.adapt are both set: with "
+        "teacher.adapt the teacher is teacher.adapt.model.pretrained, adapted into "
+        "WORKDIR/teacher, and teacher.models stays empty. To distil from a teacher directory as "
+        "it is, turn the adaptation off: the config's argument teacher_dir=DIR (e.g. "
+        "--config=configs/resnet18_cifar.py:teacher_dir=DIR)")
+  return True
 
 
 def partial_labels(config) -> bool:

@@ -1,2 +1,3 @@
 """The one trainer (trainer.py) and its parts: the loop's bookkeeping (loop.py), the run
-directory (workdir.py) and the cost record (accounting.py)."""
+directory (workdir.py) and the cost record (accounting.py); adapt-then-distil, the command line's
+entry (adapt.py)."""

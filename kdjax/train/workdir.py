@@ -27,29 +27,40 @@ RESUMABLE_KEYS = (
     "teacher.cache_dir", "teacher.cache_shard_size",
 )
 # What a run writes into its workdir (--overwrite deletes these and nothing else; a teacher
-# cache is kept: its own record says what it was made from, and a different one is refused).
+# cache is kept: its own record says what it was made from, and a different one is refused; an
+# adapted teacher, WORKDIR/teacher, is its own run directory, and kdjax.train.adapt rewrites
+# adapt.json before every distillation).
 RUN_FILES = ("checkpoints", checkpoint.DAMAGED_DIR, "metrics.jsonl", "tensorboard",
              "config.json", "cost.json", "teachers.json", "pretrained.json", "hf_config.json",
              "rho.json", "rho.npy")
+REFUSAL_FIX = ": use another --workdir, or pass --overwrite to delete that run and start again"
+ADAPT_PREFIX = "teacher.adapt."  # the teacher's adaptation run (kdjax.train.adapt)
 
 
-def differences(theirs: dict, mine: dict) -> list[tuple]:
-  """(key, theirs, mine) for every key a resumed run may not change. Keys missing from an older
-  run's config.json count as their default (keys added since)."""
+def differences(theirs: dict, mine: dict, ignore=()) -> list[tuple]:
+  """(key, theirs, mine) for every key a resumed run may not change (`ignore`: keys not
+  compared). Keys missing from an older run's config.json count as their default (keys added
+  since). The adaptation run's keys (teacher.adapt.*) count as its own run's do; with it,
+  teacher.models is always that workdir's adapted teacher, however the workdir is spelt."""
   default = configlib.flatten(json.loads(configlib.base().to_json_best_effort()))
+  resumable = {*RESUMABLE_KEYS, *(ADAPT_PREFIX + k for k in RESUMABLE_KEYS), *ignore}
+  if any(k.startswith(ADAPT_PREFIX) for k in theirs) and any(
+      k.startswith(ADAPT_PREFIX) for k in mine):
+    resumable.add("teacher.models")
   absent = object()
   out = []
   for k in sorted(set(theirs) | set(mine)):
     a, b = theirs.get(k, absent), mine.get(k, absent)
     if a is absent and b == default.get(k, absent) or b is absent and a == default.get(k):
       continue  # a key added (or removed) since that run, at its default
-    if a != b and k not in RESUMABLE_KEYS:
+    if a != b and k not in resumable:
       out.append((k, "<absent>" if a is absent else a, "<absent>" if b is absent else b))
   return out
 
 
-def _refusal(config, workdir: str) -> str | None:
-  """Why `workdir` is not this config's run directory (None: it is, or it is new)."""
+def refusal(config, workdir: str, ignore=()) -> str | None:
+  """Why `workdir` is not this config's run directory (None: it is, or it is new). Reads only.
+  `ignore`: keys not compared (e.g. values the trainer derives before writing config.json)."""
   path = os.path.join(workdir, "config.json")
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not (os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))):
@@ -60,7 +71,8 @@ def _refusal(config, workdir: str) -> str | None:
     theirs = configlib.flatten(files.read_json(path))
   except json.JSONDecodeError:
     theirs = {"config.json": "unreadable"}
-  diff = differences(theirs, configlib.flatten(json.loads(config.to_json_best_effort())))
+  diff = differences(theirs, configlib.flatten(json.loads(config.to_json_best_effort())),
+                     ignore)
   if not diff:
     return None
   shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:4])
@@ -70,13 +82,12 @@ def _refusal(config, workdir: str) -> str | None:
 
 def claim(config, workdir: str, overwrite: bool) -> None:
   """Makes `workdir` this config's run directory (its first write: config.json)."""
-  refusal = _refusal(config, workdir)
-  if refusal and not overwrite:
-    raise errors.UserError(f"{refusal}: use another --workdir, or pass --overwrite to delete "
-                           "that run and start again")
+  why = refusal(config, workdir)
+  if why and not overwrite:
+    raise errors.UserError(why + REFUSAL_FIX)
   if jax.process_index() == 0:
-    if refusal:
-      logging.warning("--overwrite: %s; deleting it", refusal)
+    if why:
+      logging.warning("--overwrite: %s; deleting it", why)
       for name in RUN_FILES:
         target = os.path.join(workdir, name)
         if os.path.isdir(target) and not os.path.islink(target):

@@ -78,7 +78,10 @@ def test_paper_a_teachers_probe_and_caltech_classes():
   # utils/utils.py:53-56: torchvision ResNet-50 IMAGENET1K_V2 and ViT-B/16 IMAGENET1K_V1, both
   # ImageNet-1k only; google/vit-base-patch16-224 (ImageNet-21k) is not their kind
   pa = _config("paper_a.py", "teacher=vit_b16,data=dtd")
-  assert pa.teacher.models == "runs/adapt_vit_b16_dtd"
+  assert pa.teacher.adapt.model.pretrained == "facebook/deit-base-patch16-224"
+  assert not pa.teacher.models  # the teacher is adapted into WORKDIR/teacher first
+  assert pa.teacher.adapt.to_dict() == _config(
+      "adapt.py", "model=facebook/deit-base-patch16-224,task=dtd").to_dict()
   c = _config("adapt.py", "model=facebook/deit-base-patch16-224,task=dtd")
   # train_lp.py:55-56,175,178: AdamW(head params) with its defaults, batch 64, 250 epochs
   assert c.model.freeze_backbone and c.model.pretrained == "facebook/deit-base-patch16-224"

@@ -17,6 +17,7 @@ from conftest import REPO, run_python, snapshot, tiny_cli_args
 from PIL import Image
 
 from kdjax import configlib, errors, validate
+from kdjax.train import adapt
 
 
 @pytest.fixture(scope="module")
@@ -157,13 +158,22 @@ def test_undecodable_image_in_a_folder_dataset(tmp_path):
 
 
 def test_every_config_file_passes_validation():
-  """validate() refuses only bad input: every shipped config (and its runlocal form) passes."""
+  """validate() refuses only bad input: every shipped config (and its runlocal form) passes, as
+  kdjax.main runs it (a teacher adapted first: the distillation from WORKDIR/teacher)."""
   for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))):
     spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for arg in (None, "runlocal"):
-      validate.check(module.get_config(arg) if arg else module.get_config())
+      config = module.get_config(arg) if arg else module.get_config()
+      if validate.adapting(config):
+        config = adapt.distillation_config(config, "WORKDIR/teacher")
+      validate.check(config)
+
+
+def test_adapt_key_of_a_config_that_adapts_nothing(finished_run, tfds_dir):
+  line = _train(finished_run, tfds_dir, "--config.teacher.adapt.total_epochs=1")
+  assert "no such key --config.teacher.adapt.total_epochs" in line
 
 
 @pytest.mark.parametrize("key,value,message", [

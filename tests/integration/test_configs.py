@@ -4,6 +4,8 @@ No Hub and no downloads here: each teacher a config names (teacher.models) is re
 random Hugging Face checkpoint of the same family (ResNet, ViT, DINOv2 or CLIP, guessed from
 its name) whose head has the task's classes, so KD, alignment/uniformity, AFT and feature-KD
 all run; a pre-trained student (model.pretrained) becomes a tiny random ResNet-18-shaped one.
+A teacher adapted by the same command (teacher.adapt) is such a tiny checkpoint too, adapted for
+2 steps into WORKDIR/teacher by the config's own recipe, as `python -m kdjax.main` runs it.
 """
 
 import glob
@@ -18,7 +20,7 @@ from PIL import Image
 
 from kdjax import configlib
 from kdjax.data import prepare, sources
-from kdjax.train import trainer
+from kdjax.train import adapt
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
 # Non-default arguments that take other code paths (each run is ~10-40 s of compiling on 2 cores,
@@ -120,19 +122,27 @@ def test_config_runs_locally(path, arg, tfds_dir, tmp_path, tiny_hub_resnet, tin
   if names:  # each teacher: a tiny one of its family with a head over the task's classes
     num_classes = _num_classes(config.data)
     config.teacher.models = ",".join(tiny_teacher(n, num_classes) for n in names)
+  run = config.teacher.adapt  # the teacher adapted first (empty: none)
+  if run:
+    run.model.pretrained = tiny_teacher(run.model.pretrained, _num_classes(config.data))
+    run.total_steps = 2
+    run.checkpoint_every_steps = 2
   if config.data.n_per_class:  # the mock below has ~8 examples per class
     config.data.n_per_class = min(config.data.n_per_class, 2)
   config.total_steps = 2
   config.checkpoint_every_steps = 2
   with tfds.testing.mock_data(num_examples=80):  # 80 random examples of any dataset, local too
-    result = trainer.train_and_evaluate(config, str(tmp_path))
+    result = adapt.train_and_evaluate(config, str(tmp_path))  # what kdjax.main runs
   # tuning configs (paper B's val=1) evaluate on the validation hold-out only
   split = "test" if config.data.test_split else "val"
   assert result.metrics[f"{split}/count"] > 0
   assert 0.0 <= result.metrics[f"{split}/accuracy"] <= 1.0
   assert int(result.state.step) == 2
-  if names and config.loss.kd_weight and config.teacher.evaluate:
+  if (names or run) and config.loss.kd_weight and config.teacher.evaluate:
     assert 0.0 <= result.metrics[f"{split}/teacher_accuracy"] <= 1.0
+  if run:  # distilled from the adapted teacher, a finished run of its own
+    assert (tmp_path / "teacher" / "cost.json").is_file()
+    assert (tmp_path / "adapt.json").is_file()
   if config.loss.aft_weight and config.loss.aft_kernel != "none":  # AFT reports which teacher
     assert (tmp_path / "rho.json").is_file()  # features it kept, per teacher
 
@@ -141,7 +151,14 @@ def test_paper_a_argument_grid():
   module = _load(os.path.join(REPO, "configs", "paper_a.py"))
   c = module.get_config("teacher=vit_b16,student=mobilenet_v2,data=cub200")
   assert c.data.name == "caltech_birds2011" and c.data.image_size == 224
-  assert c.teacher.models == "runs/adapt_vit_b16_cub200" and c.teacher.mode == "online"
+  # the teacher is adapted by the same command (paper A's probe, on the student's views) ...
+  assert not c.teacher.models and c.teacher.mode == "online"
+  run = c.teacher.adapt
+  assert run.model.pretrained == "facebook/deit-base-patch16-224" and run.model.freeze_backbone
+  assert run.data.to_dict() == c.data.to_dict() and run.total_epochs == 250
+  # ... unless an adapted teacher is given (experiments/paper_a.py's grid shares one)
+  c = module.get_config("data=cub200,teacher_dir=runs/adapt_vit_b16_cub200")
+  assert c.teacher.models == "runs/adapt_vit_b16_cub200" and not c.teacher.adapt
   assert (c.loss.kd_weight, c.loss.align_weight, c.loss.unif_weight) == (1.0, 1.0, 1.0)
   c = module.get_config("arm=finetune,student=mobilenet_v2,data=caltech101")
   assert c.model.pretrained == "google/mobilenet_v2_1.0_224" and not c.teacher.models
