@@ -69,6 +69,7 @@ def shrink_for_local_run(c: ml_collections.ConfigDict,
 
 
 def base() -> ml_collections.ConfigDict:
+  """Every key of a trainer config, with its default (configs/*.py start from it)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.batch_size = 128  # global, over all devices and processes
@@ -82,86 +83,107 @@ def base() -> ml_collections.ConfigDict:
   c.max_to_keep = 3
   # CPU only: route convolutions to Eigen (an XLA flag set by kdjax.runtime before JAX starts).
   c.fast_cpu_convolutions = True
+  c.model = _model()
+  c.optimizer = _optimizer()
+  c.loss = _loss()
+  c.teacher = _teacher()
+  c.data = _data()
+  return c
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "resnet18"  # resnet18 | resnet34 | mobilenet_v2
-  c.model.stem = "cifar"  # ResNet: cifar (3x3, no max-pool) | imagenet (7x7/2 + max-pool)
-  c.model.width = 64  # ResNet: channels of the first stage (64 is the standard network)
-  c.model.width_multiplier = 1.0  # MobileNetV2
-  c.model.cifar_strides = True  # MobileNetV2: stride 1 in the stem and first stride-2 stage
-  c.model.dropout_rate = 0.2  # MobileNetV2 classifier dropout
+
+def _model() -> ml_collections.ConfigDict:
+  """The student (`model.*`)."""
+  c = ml_collections.ConfigDict()
+  c.name = "resnet18"  # resnet18 | resnet34 | mobilenet_v2
+  c.stem = "cifar"  # ResNet: cifar (3x3, no max-pool) | imagenet (7x7/2 + max-pool)
+  c.width = 64  # ResNet: channels of the first stage (64 is the standard network)
+  c.width_multiplier = 1.0  # MobileNetV2
+  c.cifar_strides = True  # MobileNetV2: stride 1 in the stem and first stride-2 stage
+  c.dropout_rate = 0.2  # MobileNetV2 classifier dropout
   # auto: kdjax's CPU convolution (kdjax/models/cpu_conv.py) on CPU, XLA's elsewhere | xla | cpu
-  c.model.conv_impl = "auto"
-  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  c.conv_impl = "auto"
+  c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
   # Hub id or local directory: start from these weights (a kdjax Flax port of the HF model)
   # with a new head; model.name then says the family (resnet18, mobilenet_v2) or "hub" (any).
-  c.model.pretrained = ""
+  c.pretrained = ""
   # model.name "hub" without pretrained weights: the architecture of this Hugging Face config
   # (a directory or Hub id with config.json, e.g. a small ResNet or ViT), randomly initialised.
-  c.model.hub_config = ""
-  c.model.freeze_backbone = False  # with pretrained: linear probe (backbone frozen, eval mode)
+  c.hub_config = ""
+  c.freeze_backbone = False  # with pretrained: linear probe (backbone frozen, eval mode)
   # Frozen backbone parameters: replicate | fsdp (split over the devices, for huge teachers).
-  c.model.param_sharding = "replicate"
-  c.model.fsdp_min_size = 2**16  # fsdp: arrays with fewer values than this stay replicated
+  c.param_sharding = "replicate"
+  c.fsdp_min_size = 2**16  # fsdp: arrays with fewer values than this stay replicated
+  return c
 
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "sgd"  # sgd | adam | adamw
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.schedule = "cosine"  # cosine | constant
-  c.optimizer.warmup_steps = config_dict.placeholder(int)
-  c.optimizer.warmup_epochs = config_dict.placeholder(float)
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = True
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.999
-  c.optimizer.weight_decay = 5e-4
-  c.optimizer.decay_norm_and_bias = False
+
+def _optimizer() -> ml_collections.ConfigDict:
+  """The optimizer and its schedule (`optimizer.*`)."""
+  c = ml_collections.ConfigDict()
+  c.name = "sgd"  # sgd | adam | adamw
+  c.learning_rate = 0.1
+  c.schedule = "cosine"  # cosine | constant
+  c.warmup_steps = config_dict.placeholder(int)
+  c.warmup_epochs = config_dict.placeholder(float)
+  c.momentum = 0.9
+  c.nesterov = True
+  c.b1 = 0.9
+  c.b2 = 0.999
+  c.weight_decay = 5e-4
+  c.decay_norm_and_bias = False
   # Pre-trained backbone's learning rate = this x learning_rate (paper A fine-tune: 0.1).
-  c.optimizer.backbone_lr_scale = 1.0
+  c.backbone_lr_scale = 1.0
+  return c
 
+
+def _loss() -> ml_collections.ConfigDict:
+  """The objective: each term's weight and settings (`loss.*`; the terms: docs/distillation.md)."""
   # The student's objective: sum of weight x term (kdjax/losses, README "Losses"). Every term
   # but CE needs teachers (below). Paper A: ce + kd + align + unif = 1 each; paper B: ce + aft.
-  c.loss = ml_collections.ConfigDict()
-  c.loss.label_smoothing = 0.0
-  c.loss.ce_weight = 1.0
-  c.loss.kd_weight = 0.0  # Hinton KD on the teachers' (adapted) task heads
-  c.loss.kd_temperature = 4.0
-  c.loss.kd_multi_teacher = "mean_probs"  # several teachers: mean_probs | sum_kl
-  c.loss.align_weight = 0.0  # paper A alignment of projected, L2-normalised embeddings
-  c.loss.align_alpha = 2.0
-  c.loss.unif_weight = 0.0  # paper A uniformity, mean of the student's and the teacher's
-  c.loss.unif_t = 2.0
-  c.loss.proj_head = "mlp"  # paper A projection heads: mlp (Linear(d,d)-ReLU-Linear) | linear
-  c.loss.proj_dim = 128
-  c.loss.aft_weight = 0.0  # paper B: beta x R
-  c.loss.aft_kernel = "linear"  # linear | rbf | none (the no-kernel variant: a learned map V)
-  c.loss.aft_rho = "diagonal"  # diagonal (one weight per teacher feature) | dense (a matrix)
-  c.loss.feature_kd_weight = 0.0  # paper B's baseline: linear map student -> teacher, MSE
+  c = ml_collections.ConfigDict()
+  c.label_smoothing = 0.0
+  c.ce_weight = 1.0
+  c.kd_weight = 0.0  # Hinton KD on the teachers' (adapted) task heads
+  c.kd_temperature = 4.0
+  c.kd_multi_teacher = "mean_probs"  # several teachers: mean_probs | sum_kl
+  c.align_weight = 0.0  # paper A alignment of projected, L2-normalised embeddings
+  c.align_alpha = 2.0
+  c.unif_weight = 0.0  # paper A uniformity, mean of the student's and the teacher's
+  c.unif_t = 2.0
+  c.proj_head = "mlp"  # paper A projection heads: mlp (Linear(d,d)-ReLU-Linear) | linear
+  c.proj_dim = 128
+  c.aft_weight = 0.0  # paper B: beta x R
+  c.aft_kernel = "linear"  # linear | rbf | none (the no-kernel variant: a learned map V)
+  c.aft_rho = "diagonal"  # diagonal (one weight per teacher feature) | dense (a matrix)
+  c.feature_kd_weight = 0.0  # paper B's baseline: linear map student -> teacher, MSE
   # AFT's rho / dense map and feature-KD's map: this learning rate (same optimizer and schedule
   # shape as the student, no weight decay); the reference code uses 1e-2.
-  c.loss.prior_learning_rate = 1e-2
+  c.prior_learning_rate = 1e-2
+  return c
 
+
+def _teacher() -> ml_collections.ConfigDict:
+  """The teachers, how they run, and their adaptation (`teacher.*`)."""
   # Teachers (needed by every loss term but CE): Hub ids, local HF directories or kdjax run
   # directories (an adapted teacher from configs/adapt.py, or any kdjax run), comma-separated
   # for several. Frozen: eval mode, no gradient, passed to the step, never checkpointed.
-  c.teacher = ml_collections.ConfigDict()
-  c.teacher.models = ""
+  c = ml_collections.ConfigDict()
+  c.models = ""
   # online: run the teachers in every step on the student's augmented batch (resized to each
   # teacher's resolution and normalisation on the device) | cached: run them once over the
   # training set (cache_views augmented views per image) and read their outputs from disk.
-  c.teacher.mode = "online"
+  c.mode = "online"
   # Each teacher's input view, comma-separated in teacher.models' order: "" = its checkpoint's
   # preprocessing (central crop, size), "SIZE" or "SIZE/CROP" (central CROP fraction at SIZE px,
   # e.g. "518/1.0": the AFT reference's DINOv2). Made on the device from the student's view.
-  c.teacher.views = ""
-  c.teacher.dtype = "float32"  # teacher compute dtype: float32 | bfloat16
-  c.teacher.param_sharding = "replicate"  # replicate | fsdp (split over the data axis)
-  c.teacher.fsdp_min_size = 2**16
-  c.teacher.cache_dir = ""  # cached: empty = WORKDIR/teacher_cache; set it to share a cache
-  c.teacher.cache_views = 1  # cached: augmented views per training image (K >= 1)
+  c.views = ""
+  c.dtype = "float32"  # teacher compute dtype: float32 | bfloat16
+  c.param_sharding = "replicate"  # replicate | fsdp (split over the data axis)
+  c.fsdp_min_size = 2**16
+  c.cache_dir = ""  # cached: empty = WORKDIR/teacher_cache; set it to share a cache
+  c.cache_views = 1  # cached: augmented views per training image (K >= 1)
   # cached: training positions per cache shard, the unit a killed cache build resumes from
-  c.teacher.cache_shard_size = 1024
-  c.teacher.evaluate = True  # evals also report teacher accuracy and student-teacher agreement
+  c.cache_shard_size = 1024
+  c.evaluate = True  # evals also report teacher accuracy and student-teacher agreement
   # Adapt the teacher to the task first (paper A). Empty (the default): teacher.models are used
   # as they are. Otherwise the whole trainer config of the adaptation run (adapt_config below:
   # model.pretrained is the Hub teacher, model.freeze_backbone=True a linear probe), which
@@ -169,61 +191,64 @@ def base() -> ml_collections.ConfigDict:
   # killed, skipped once finished) and then distils from; teacher.models stays empty. Its data
   # are the student's dataset, classes, training split and hold-out (checked), seen through its
   # own views; its data.data_dir empty: the student's. Tune it as --config.teacher.adapt.KEY.
-  c.teacher.adapt = ml_collections.ConfigDict()
+  c.adapt = ml_collections.ConfigDict()
+  return c
 
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "cifar10"  # any TFDS image-classification dataset, or kdjax_digits
-  c.data.data_dir = ""  # empty: TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
-  c.data.download = False  # True: download_and_prepare as array_record (needs network + TF)
-  c.data.train_split = "train"
-  c.data.test_split = "test"  # empty: no test evaluation
-  c.data.val_fraction = 0.0  # class-stratified hold-out from the train split
-  c.data.n_per_class = config_dict.placeholder(int)  # data-limited: n training images per class
-  c.data.fraction = config_dict.placeholder(float)  # data-limited: this fraction of each class
-  c.data.subset_seed = 0  # seed of the hold-out and subset selection
-  c.data.in_memory = True  # whole split on device (CIFAR-size); False: stream from disk
-  c.data.num_workers = 8  # streaming: decoding threads
-  c.data.prefetch = 4  # streaming: batches decoded ahead
-  c.data.load_size = config_dict.placeholder(int)  # resize on load (needed for mixed sizes)
+
+def _data() -> ml_collections.ConfigDict:
+  """The dataset, its subsets and views, the augmentation (`data.*`)."""
+  c = ml_collections.ConfigDict()
+  c.name = "cifar10"  # any TFDS image-classification dataset, or kdjax_digits
+  c.data_dir = ""  # empty: TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+  c.download = False  # True: download_and_prepare as array_record (needs network + TF)
+  c.train_split = "train"
+  c.test_split = "test"  # empty: no test evaluation
+  c.val_fraction = 0.0  # class-stratified hold-out from the train split
+  c.n_per_class = config_dict.placeholder(int)  # data-limited: n training images per class
+  c.fraction = config_dict.placeholder(float)  # data-limited: this fraction of each class
+  c.subset_seed = 0  # seed of the hold-out and subset selection
+  c.in_memory = True  # whole split on device (CIFAR-size); False: stream from disk
+  c.num_workers = 8  # streaming: decoding threads
+  c.prefetch = 4  # streaming: batches decoded ahead
+  c.load_size = config_dict.placeholder(int)  # resize on load (needed for mixed sizes)
   # square: warp to load_size x load_size | shorter: the short side to load_size (aspect kept),
   # then the central square (torchvision Resize + CenterCrop: no distortion) | shorter_full:
   # the whole aspect-kept image (the random-resized crop draws from all of it; the eval view is
   # still the central crop), stored on a load_size x round(load_size x max_aspect) canvas
   # (portrait images transposed; longer images centre-cropped to max_aspect)
-  c.data.load_resize = "square"
-  c.data.load_filter = "bilinear"  # shorter, shorter_full: bilinear (torchvision) | bicubic (timm)
-  c.data.max_aspect = 2.0
+  c.load_resize = "square"
+  c.load_filter = "bilinear"  # shorter, shorter_full: bilinear (torchvision) | bicubic (timm)
+  c.max_aspect = 2.0
   # label names left out of every split, the other labels renumbered (Caltech-101's
   # background_google: the reference's 101 classes)
-  c.data.exclude_classes = ()
-  c.data.image_size = 32  # model input size
-  c.data.eval_crop_fraction = 1.0  # eval: central crop of this fraction, then resize
-  c.data.mean = CIFAR_MEAN
-  c.data.std = CIFAR_STD
+  c.exclude_classes = ()
+  c.image_size = 32  # model input size
+  c.eval_crop_fraction = 1.0  # eval: central crop of this fraction, then resize
+  c.mean = CIFAR_MEAN
+  c.std = CIFAR_STD
   # auto: a pre-trained model (model.pretrained) gets its own checkpoint's mean/std (from its
   # preprocessor_config.json), written back into the run's config.json | config: data.mean/std
-  c.data.normalization = "auto"
+  c.normalization = "auto"
   # Synthetic images (kdjax.generate output directories, comma-separated) concatenated with the
   # real training rows, as paper A does; validation and test stay real.
-  c.data.synthetic = ""
+  c.synthetic = ""
   # Use a part of each synthetic set, per class, in generation order (e.g. a 2x set as 1x):
-  c.data.synthetic_per_class = config_dict.placeholder(int)  # at most n per class, or
-  c.data.synthetic_fraction = config_dict.placeholder(float)  # this fraction of each class
+  c.synthetic_per_class = config_dict.placeholder(int)  # at most n per class, or
+  c.synthetic_fraction = config_dict.placeholder(float)  # this fraction of each class
   # True: synthetic images are labelled by their prompt's class | False: unlabelled (no CE;
   # they only feed the distillation terms)
-  c.data.synthetic_labels = True
+  c.synthetic_labels = True
   # True: the train-split images that the data-limited selection (n_per_class / fraction) leaves
   # out, validation hold-out excluded, join the training rows unlabelled (label -1: no CE; they
   # only feed the distillation terms), as paper A's extra images but real ones
-  c.data.unlabelled_rest = False
-  c.data.augment = ml_collections.ConfigDict()
-  c.data.augment.kind = "crop_flip"  # crop_flip | rrc_flip | none
-  c.data.augment.pad = 4
-  c.data.augment.flip = True
-  c.data.augment.scale = (0.08, 1.0)
-  c.data.augment.ratio = (3 / 4, 4 / 3)
+  c.unlabelled_rest = False
+  c.augment = ml_collections.ConfigDict()
+  c.augment.kind = "crop_flip"  # crop_flip | rrc_flip | none
+  c.augment.pad = 4
+  c.augment.flip = True
+  c.augment.scale = (0.08, 1.0)
+  c.augment.ratio = (3 / 4, 4 / 3)
   return c
-
 
 def adapt_config(source: str, mode: str = "probe", data: str = "",
                  name: str = "hub") -> ml_collections.ConfigDict:

@@ -31,6 +31,14 @@ def check(config: ml_collections.ConfigDict) -> None:
                      ("data.augment.kind", augment.KINDS)]:
     if configlib.get(c, key) not in table:
       raise errors.UserError(f"unknown {key} {configlib.get(c, key)!r}; valid: {sorted(table)}")
+  _check_numbers(c)
+  _check_combinations(c)
+  if adapt:
+    _check_adapt(c)
+
+
+def _check_numbers(c) -> None:
+  """Every number in its range, every tuple of numbers of its length."""
 
   def check(key, ok, what, none_ok=False):
     value = configlib.get(c, key)
@@ -62,6 +70,24 @@ def check(config: ml_collections.ConfigDict) -> None:
     check(key, lambda v: 0 < v <= 1, "in (0, 1] (or None: unset)", none_ok=True)
   check("data.eval_crop_fraction", lambda v: 0 < v <= 1, "in (0, 1]")
   check("data.max_aspect", lambda v: v >= 1, ">= 1")
+  numbers_of(c, "data.mean", 3)
+  if min(numbers_of(c, "data.std", 3)) <= 0:
+    raise errors.UserError(f"data.std={tuple(c.data.std)}: every value must be > 0")
+
+
+def numbers_of(c, key, n):
+  """The value at `key`: `n` numbers, else a UserError with an example override."""
+  value = configlib.get(c, key)
+  if not (isinstance(value, tuple | list) and len(value) == n and all(
+      isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
+    example = ",".join(["0.5"] * n)
+    raise errors.UserError(f"{key}={value!r}: must be {n} numbers, e.g. "
+                           f"--config.{key}=\"({example})\"")
+  return value
+
+
+def _check_combinations(c) -> None:
+  """Keys that exclude or need each other."""
   if c.data.load_resize == "shorter_full" and c.data.augment.kind == "crop_flip":
     raise errors.UserError("data.augment.kind='crop_flip' crops a square image: with "
                            "data.load_resize='shorter_full' use rrc_flip (or none), or "
@@ -80,20 +106,8 @@ def check(config: ml_collections.ConfigDict) -> None:
   for a, b in [("n_per_class", "fraction"), ("synthetic_per_class", "synthetic_fraction")]:
     if c.data[a] is not None and c.data[b] is not None:
       raise errors.UserError(f"set at most one of data.{a} and data.{b}")
-
-  def numbers_of(key, n):
-    value = configlib.get(c, key)
-    if not (isinstance(value, tuple | list) and len(value) == n and all(
-        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
-      example = ",".join(["0.5"] * n)
-      raise errors.UserError(f"{key}={value!r}: must be {n} numbers, e.g. "
-                             f"--config.{key}=\"({example})\"")
-    return value
-
-  numbers_of("data.mean", 3)
-  if min(numbers_of("data.std", 3)) <= 0:
-    raise errors.UserError(f"data.std={tuple(c.data.std)}: every value must be > 0")
-  scale, ratio = numbers_of("data.augment.scale", 2), numbers_of("data.augment.ratio", 2)
+  scale = numbers_of(c, "data.augment.scale", 2)
+  ratio = numbers_of(c, "data.augment.ratio", 2)
   if not 0 < scale[0] <= scale[1] <= 1:
     raise errors.UserError(f"data.augment.scale={tuple(scale)}: must be (min, max) area "
                            "fractions with 0 < min <= max <= 1")
@@ -105,8 +119,6 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise errors.UserError(f"data.augment.ratio={tuple(ratio)}: with data.load_resize="
                            "'shorter_full' (portrait images stored transposed) the aspect range "
                            "must be reciprocal, (r, 1/r), e.g. (0.75, 1.3333333)")
-  if adapt:
-    _check_adapt(c)
 
 
 # teacher.adapt.data must name the student's task: the same images and classes, and the same
