@@ -47,15 +47,11 @@ def differences(theirs: dict, mine: dict, ignore=()) -> list[tuple]:
   if any(k.startswith(ADAPT_PREFIX) for k in theirs) and any(
       k.startswith(ADAPT_PREFIX) for k in mine):
     resumable.add("teacher.models")
-  absent = object()
-  out = []
-  for k in sorted(set(theirs) | set(mine)):
-    a, b = theirs.get(k, absent), mine.get(k, absent)
-    if a is absent and b == default.get(k, absent) or b is absent and a == default.get(k):
-      continue  # a key added (or removed) since that run, at its default
-    if a != b and k not in resumable:
-      out.append((k, "<absent>" if a is absent else a, "<absent>" if b is absent else b))
-  return out
+  # a key added (or removed) since that run counts as its default on the side that lacks it
+  theirs = {**{k: default[k] for k in set(mine) - set(theirs) if k in default}, **theirs}
+  mine = {**{k: default[k] for k in set(theirs) - set(mine) if k in default}, **mine}
+  return [(k, theirs.get(k, "<absent>"), mine.get(k, "<absent>"))
+          for k in files.differences(theirs, mine, ignore=resumable)]
 
 
 def refusal(config, workdir: str, ignore=()) -> str | None:
