@@ -85,7 +85,7 @@ passed as `teacher_dir` (no adaptation then):
 experiments/paper_a.py runs the whole grid (adaptation, arms, synthetic sets) in order, that way.
 
 Data: `tfds build cifar10 --file_format=array_record` (likewise cifar100, caltech_birds2011,
-caltech101, dtd; needs tensorflow-cpu and network once, see README). MIT Indoor-67 is not in
+caltech101, dtd; needs tensorflow-cpu and network once, see docs/data.md). MIT Indoor-67 is not in
 the TFDS catalog: download indoorCVPR_09.tar (Images/<class>/*.jpg) and its TrainImages.txt /
 TestImages.txt lists from the dataset's page (web.mit.edu/torralba/www/indoor.html) into one
 folder SRC, then write it as a local TFDS dataset (no TensorFlow needed; 67 classes, 5,360 train
@@ -95,10 +95,11 @@ folder SRC, then write it as a local TFDS dataset (no TensorFlow needed; 67 clas
 Expected runtime: `python experiments/paper_a.py run --dry_run` prints every step's FLOPs and
 GPU-hours (an estimate from the configs, not measured: no GPU, Hub or dataset download here).
 
-Reported accuracies: neither /work/shared/seeds nor PAPERS.md quotes a per-task number for any
-cell of this grid: all are "not reported" in our sources (experiments/paper_numbers.py). What
-they do report: the distilled student "can achieve or surpass the performance it would achieve
-if it was pre-trained then finetuned" (seeds/001, seeds/003 abstract), the effect "tends not to
+Reported accuracies: the sources we read (the paper's abstract and a summary, arXiv 2404.03263)
+quote no per-task number for any cell of this grid: all are "not reported"
+(experiments/paper_numbers.py). What they do report: the distilled student "can achieve or
+surpass the performance it would achieve if it was pre-trained then finetuned" (abstract), the
+effect "tends not to
 occur if the task is data-limited" (MIT Indoor, DTD, Caltech-101; fixed there with synthetic
 images), and training "up to 94% faster than the standard pre-training paradigm".
 """

@@ -76,7 +76,7 @@ Aircraft is not in the TFDS catalog: download fgvc-aircraft-2013b.tar.gz (www.ro
       --config=configs/paper_b.py:teacher=dinov2_l,data=pets,arm=feature_kd,beta=3
   python -m kdjax.main --config=configs/paper_b.py:runlocal --workdir=/tmp/pb   # CPU smoke test
 Data: `tfds build cifar10 --file_format=array_record` (likewise cifar100, oxford_flowers102,
-oxford_iiit_pet, dtd, food101; tensorflow-cpu and network once, see README). Hub weights: `hf
+oxford_iiit_pet, dtd, food101; tensorflow-cpu and network once, see docs/data.md). Hub weights: `hf
 download <id> --include '*.json' '*.safetensors'` where there is network (kdjax's error names it).
 
 Expected runtime (our estimate, not measured: no GPU, Hub or dataset download here): 5,000
@@ -85,8 +85,8 @@ about 10-20 min on one A100/H100-class GPU, plus the one-off teacher cache over 
 images (DINOv2 at 518 px costs 6.3x its 224 px forward). `python experiments/paper_b.py run
 --dry_run` prints every step's FLOPs.
 
-Reported numbers: /work/shared/seeds and PAPERS.md quote no accuracy for any cell: all are "not
-reported" in our sources (experiments/paper_numbers.py).
+Reported numbers: the sources we read (the abstract of arXiv 2406.07337 and the method) quote no
+accuracy for any cell: all are "not reported" (experiments/paper_numbers.py).
 """
 
 

@@ -12,7 +12,7 @@ projection heads to 128-d. Optimiser: the CIFAR recipe of the scratch baseline (
 lr 0.1 cosine, wd 5e-4, batch 128, 200 epochs) so `arm=scratch` is the like-for-like baseline;
 paper A's own recipe (AdamW, 224 px, 250 epochs) is configs/paper_a.py.
 
-One command (network + tensorflow-cpu for the data, see README):
+One command (network + tensorflow-cpu for the data, see docs/data.md):
   python -m kdjax.main --config=configs/resnet18_cifar.py --workdir=runs/r18_cifar
 Step 1 adapts the teacher into runs/r18_cifar/teacher (an ordinary run directory: resumed if
 killed, skipped once finished), step 2 distils from it; runs/r18_cifar/adapt.json records the

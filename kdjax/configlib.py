@@ -136,9 +136,9 @@ def _optimizer() -> ml_collections.ConfigDict:
 
 
 def _loss() -> ml_collections.ConfigDict:
-  """The objective: each term's weight and settings (`loss.*`; the terms: docs/distillation.md)."""
-  # The student's objective: sum of weight x term (kdjax/losses, README "Losses"). Every term
-  # but CE needs teachers (below). Paper A: ce + kd + align + unif = 1 each; paper B: ce + aft.
+  """The objective: each term's weight and settings (`loss.*`; the terms: docs/distillation.md).
+  The student's objective is the sum of weight x term (kdjax/losses); every term but CE needs
+  teachers. Paper A: ce + kd + align + unif = 1 each; paper B: ce + aft."""
   c = ml_collections.ConfigDict()
   c.label_smoothing = 0.0
   c.ce_weight = 1.0

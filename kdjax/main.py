@@ -8,7 +8,8 @@ A config with `teacher.adapt` (paper A: configs/resnet18_cifar.py, configs/paper
 adapts its Hub teacher into WORKDIR/teacher, then distils from it (kdjax/train/adapt.py).
 Exit status: 0 done, 2 bad input (one line naming the fix), 3 a NaN/inf loss, 143 stopped by
 SIGTERM after saving a checkpoint (the same command resumes); see kdjax/errors.py.
-For several processes (TPU pod slice, multi-node GPU) pass --distributed (see README).
+For several processes (TPU pod slice, multi-node GPU) pass --distributed
+(docs/parallelism.md).
 """
 
 import jax

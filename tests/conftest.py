@@ -70,6 +70,14 @@ def tiny_config(tfds_dir: str, **overrides):
 TINY_TOTAL_STEPS = 12
 
 
+def set_key(config, key: str, value) -> None:
+  """config.<dotted key> = value (e.g. "teacher.adapt.model.name")."""
+  *parents, leaf = key.split(".")
+  for p in parents:
+    config = config[p]
+  config[leaf] = value
+
+
 def throttled(cmd: list[str], what: str, seconds: float) -> list[str]:
   """`[python, "-m", module, ...]` run through tests/throttled.py, which pauses `seconds` after
   each unit of work `what` (train | cache | generate) so a test can signal it part-way."""

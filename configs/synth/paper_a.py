@@ -22,7 +22,7 @@ readable prompt words (`rename` below). Caltech-101 has the reference's 101 clas
 50 steps) in fp16: `--config.synth.scheduler=pndm --config.synth.num_inference_steps=50`.
 
 Cost (DTD 1x = 1,880 images): 25 steps x 2 (guidance) UNet passes at 64x64 latents + one VAE
-decode per image; see README "Synthetic data" for measured throughput.
+decode per image; see BENCHMARKS.md for measured throughput.
 """
 
 import os

@@ -95,7 +95,7 @@ def real_dataset(config):
         f"{config.data.data_dir or '$TFDS_DATA_DIR (~/tensorflow_datasets)'}: prompts use its "
         "ClassLabel names (and synth.multiple its class counts), so prepare it first: "
         f"`tfds build {config.data.name} --file_format=array_record` (needs tensorflow-cpu "
-        "and network once; README 'Data'), or set data.data_dir")
+        "and network once; docs/data.md), or set data.data_dir")
   label = builder.info.features["label"]
   names = [n for n in label.names if n not in config.data.exclude_classes]  # as the trainer
   shape = builder.info.features["image"].shape

@@ -27,7 +27,8 @@ and its KD override), cached teacher features for AFT. Different on purpose: 300
 on T instead of 250 epochs (T has 50-200 labelled images: 300 steps are 48-190 epochs), a
 cosine schedule for every run, 32 px inputs (8x8 digits; HF's ResNet stem divides by 4), 16
 augmented views per image in the teacher cache (the reference caches one unaugmented view; few
-views over-fit a small set, README's teacher-cache note), and the probe at 1e-2 for 200 steps.
+views over-fit a small set: BENCHMARKS.md, the teacher-cache views), and the probe at 1e-2 for
+200 steps.
 
 `config_for("stage=...,n_per_class=...,seed=...,root=...")` is every run's kdjax config
 (configs/transfer.py exposes it to `python -m kdjax.main`); `run_all` runs the stages in order,

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import REPO, run_python, snapshot, tiny_cli_args
+from conftest import REPO, run_python, set_key, snapshot, tiny_cli_args
 from PIL import Image
 
 from kdjax import configlib, errors, validate
@@ -191,11 +191,7 @@ def test_adapt_key_of_a_config_that_adapts_nothing(finished_run, tfds_dir):
 def test_validate_names_the_key_and_the_valid_values(key, value, message):
   config = configlib.base()
   config.total_steps = 2
-  node = config
-  *parents, leaf = key.split(".")
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
+  set_key(config, key, value)
   with pytest.raises(errors.UserError) as info:
     validate.check(config)
   assert str(info.value).startswith(message), str(info.value)

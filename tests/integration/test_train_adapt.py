@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_python, snapshot, tiny_config
+from conftest import run_python, set_key, snapshot, tiny_config
 
 from kdjax import checkpoint, configlib, errors, validate
 from kdjax.hf import pretrained
@@ -256,11 +256,7 @@ def test_adapt_keys_are_checked_before_anything_runs(tfds_dir, tiny_hub_resnet):
            ("teacher.models", "W/a,W/b", "teacher.models='W/a,W/b' with teacher.adapt: one")]
   for key, value, message in cases:
     bad = adapt.distillation_config(config, "W/teacher")
-    node = bad
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    set_key(bad, key, value)
     with pytest.raises(errors.UserError) as info:
       validate.check(bad)
     assert str(info.value).startswith(message), str(info.value)
