@@ -10,5 +10,6 @@ module top (tests/test_layering.py checks it):
   distill (objective, teacher views and loading, the teacher cache, reports)
   evaluators, validate
   train (trainer, loop, workdir, accounting, adapt)
-  export, generate (the diffusion stage), main, tools (bench, torch reference, cost, demo)
+  export, generate (the diffusion stage), main, tools (bench, torch reference, cost, demo,
+  transfer)
 """
