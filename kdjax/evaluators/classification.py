@@ -57,7 +57,7 @@ class Evaluator:
         teacher_predict, in_shardings=(teacher_sharding, batch_sharding),
         out_shardings=batch_sharding)
     self._batch = abstract_batch(eval_batch_size, with_mask=True)
-    self._flops_per_batch = None
+    self._flops_per_batch = self._teacher_flops_per_batch = None
     self._teacher_preds = {}  # eval set -> the teachers' predictions (computed once per run)
 
   def __call__(self, step: int, variables, add_flops: Callable = lambda f: None) -> dict:
@@ -68,13 +68,12 @@ class Evaluator:
       if self.predict_teacher is not None and name not in self._teacher_preds:
         self._teacher_preds[name] = teacher_predictions(self.predict_teacher, self.teacher_vars,
                                                         ev)
-        add_flops(ev.num_batches * steps.xla_flops(self.predict_teacher, self.teacher_vars,
-                                                   self._batch_images()))
+        if self._teacher_flops_per_batch is None:
+          self._teacher_flops_per_batch = steps.xla_flops(
+              self.predict_teacher, self.teacher_vars, self._batch["image"])
+        add_flops(ev.num_batches * self._teacher_flops_per_batch)
       for k, v in evaluate(self.step, variables, ev, self._teacher_preds.get(name)).items():
         out[f"{name}/{k}"] = v
       add_flops(self._flops_per_batch * ev.num_batches)
     logging.info("eval at step %d: %s", step, out)
     return out
-
-  def _batch_images(self):
-    return self._batch["image"]

@@ -259,8 +259,8 @@ def build_model(cfg, num_classes: int, directory=None, hf_config: dict | None = 
   architecture, randomly initialised; otherwise the student `name`, randomly initialised.
   `directory`: what `pretrained` / `hub_config` already resolved to; `hf_config`: `hub_config`'s
   config.json, already read (a run's hf_config.json)."""
-  models.check(cfg)
   if cfg.pretrained:
+    models.check(cfg)
     return pretrained_student(cfg, num_classes, directory)
   if cfg.hub_config and hf_config is None:
     hf_config = read_config(directory or resolve(cfg.hub_config), cfg.hub_config)

@@ -56,18 +56,21 @@ class Loop:
   last_saved: int | None = None
   terms: tuple = ()
   pending: list = dataclasses.field(default_factory=list)  # (step, metrics on the device)
+  checked: list = dataclasses.field(default_factory=list)  # host metrics of pending[:len]
 
   def check_pending(self) -> list[dict]:
-    """Checks every step since the last log; returns their metrics on the host."""
-    values = jax.device_get([m for _, m in self.pending])
-    for (step, _), m in zip(self.pending, values):
+    """Checks every step since the last log (each fetched from the device once); returns
+    their metrics on the host."""
+    new = self.pending[len(self.checked):]
+    for (step, _), m in zip(new, jax.device_get([m for _, m in new])):
       check_finite(step, m, self.last_saved, self.ckpt_dir, self.terms)
-    return values
+      self.checked.append(m)
+    return self.checked
 
   def means(self) -> dict:
     """The mean of each metric over the steps since the last log (checked first)."""
     values = self.check_pending()
-    self.pending = []
+    self.pending, self.checked = [], []
     return {k: float(np.mean([v[k] for v in values])) for k in values[0] if k != STATE_FINITE}
 
   def save(self, step: int, state, save: Callable) -> None:
