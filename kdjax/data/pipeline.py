@@ -34,7 +34,8 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 class TrainInput:
-  """Augmented global training batches {"image": f32 [B,S,S,3], "label": i32 [B]} by step."""
+  """Augmented global training batches by step: {"image": f32 [B,S,S,3], "label": i32 [B],
+  "index": i32 [B] (positions into `rows`: CRD's memory bank rows)}."""
 
   def __init__(self, source: sources.Source, rows: np.ndarray, cfg, mesh, global_batch: int,
                seed: int):
@@ -82,7 +83,7 @@ class TrainInput:
 
     def gather_cached(images, labels, arrays, idx, views, seeds):
       out = {"image": augment.augment_keys(images[idx], augment.view_keys(seeds), cfg),
-             "label": labels[idx]}
+             "label": labels[idx], "index": idx}
       out.update({k: v[idx, views] for k, v in arrays.items()})
       return out
 
@@ -118,7 +119,7 @@ class TrainInput:
       idx = shd.global_from_host(self.indices(step).astype(np.int32),
                                  shd.batch_sharding(self.mesh))
       image, label = self._gather(self._images, self._labels, idx, key)
-      return {"image": image, "label": label}
+      return {"image": image, "label": label, "index": idx}
     for s in range(step, step + self.cfg.prefetch + 1):  # keep the pool `prefetch` steps ahead
       if s not in self._pending:
         local = self.indices(s)[shd.process_slice(self.global_batch)]
@@ -128,7 +129,9 @@ class TrainInput:
     images, labels = self._pending.pop(step).result()
     images = shd.global_from_process_local(images, self.mesh)
     labels = shd.global_from_process_local(labels, self.mesh)
-    return {"image": self._augment(images, key), "label": labels}
+    index = shd.global_from_host(self.indices(step).astype(np.int32),
+                                 shd.batch_sharding(self.mesh))
+    return {"image": self._augment(images, key), "label": labels, "index": index}
 
   def _cached_batch(self, step: int) -> dict:
     positions = self.indices(step)
@@ -141,7 +144,8 @@ class TrainInput:
     local = shd.process_slice(self.global_batch)
     images, labels = self.source.read(self.rows[positions[local]])
     put = lambda x: shd.global_from_process_local(x, self.mesh)  # noqa: E731
-    out = {"image": self._augment_keys(put(images), put(seeds[local])), "label": put(labels)}
+    out = {"image": self._augment_keys(put(images), put(seeds[local])), "label": put(labels),
+           "index": shd.global_from_host(positions.astype(np.int32), batch_sh)}
     out.update({k: put(v[positions[local], views[local]]) for k, v in self.cache.arrays.items()})
     return out
 

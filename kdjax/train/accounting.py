@@ -24,6 +24,8 @@ def abstract_batch(size: int, image_shape, sharding, with_mask: bool = False,
   batch = {"image": spec((size, *image_shape)), "label": spec((size,), np.int32)}
   if with_mask:
     batch["mask"] = spec((size,))
+  else:  # a train batch's positions (kdjax.data.pipeline.TrainInput)
+    batch["index"] = spec((size,), np.int32)
   for k, v in (cache_arrays or {}).items():
     batch[k] = spec((size, *v.shape[2:]))
   return batch
