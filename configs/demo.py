@@ -18,6 +18,10 @@ task. Arms (student: ResNet-18 width 16, 500 steps of 50, AdamW 1e-3 as paper A)
   kd        CE + KD (T=4), teacher online
   feature_kd  CE + feature-KD (paper B's baseline: linear map student -> teacher features, MSE),
             teacher cached (K=32 views)
+  crd, srrl   paper A's baselines (CRD: CE + KD + CRD; SRRL: CE + SRRL + feature regression),
+            teacher online; rkd, ft: paper B's baselines (CE + RKD / FT), teacher cached (K=32);
+            dkd, kd_ls, dkd_ls: DKD, KD and DKD with logit standardisation, teacher online.
+            Each with its method's defaults (kdjax.configlib.METHODS, docs/distillation.md)
   unlabelled  paper A's loss (as distill, teacher online) with extra unlabelled inputs: the
             1,094 train images the 200 leave out (validation excluded) join the training rows
             without labels (data.unlabelled_rest: no CE on them, every distillation term uses
@@ -33,7 +37,12 @@ task. Arms (student: ResNet-18 width 16, 500 steps of 50, AdamW 1e-3 as paper A)
 
 from kdjax import configlib
 
-ARMS = ("teacher", "scratch", "distill", "aft", "kd", "feature_kd", "unlabelled")
+# the field's objectives (issue 18), each with its preset of configlib.METHODS: paper A's
+# baselines CRD and SRRL (teacher online), paper B's RKD and FT (cached, as AFT), DKD and KD
+# with logit standardisation
+BASELINES = ("crd", "srrl", "rkd", "ft", "dkd", "kd_ls", "dkd_ls")
+CACHED_BASELINES = ("rkd", "ft")
+ARMS = ("teacher", "scratch", "distill", "aft", "kd", "feature_kd", "unlabelled", *BASELINES)
 
 
 def get_config(arg=None):
@@ -85,6 +94,11 @@ def get_config(arg=None):
       c.loss.feature_kd_weight = 1.0
       c.teacher.mode = "cached"
       c.teacher.cache_views = 32
+    elif arg.arm in BASELINES:  # the methods' own defaults (configlib.METHODS)
+      configlib.with_method(c, arg.arm)
+      if arg.arm in CACHED_BASELINES:  # paper B's baselines read cached features, as AFT
+        c.teacher.mode = "cached"
+        c.teacher.cache_views = 32
   if arg.runlocal:
     configlib.shrink_for_local_run(c)
   return c

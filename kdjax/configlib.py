@@ -155,10 +155,83 @@ def _loss() -> ml_collections.ConfigDict:
   c.aft_kernel = "linear"  # linear | rbf | none (the no-kernel variant: a learned map V)
   c.aft_rho = "diagonal"  # diagonal (one weight per teacher feature) | dense (a matrix)
   c.feature_kd_weight = 0.0  # paper B's baseline: linear map student -> teacher, MSE
-  # AFT's rho / dense map and feature-KD's map: this learning rate (same optimizer and schedule
-  # shape as the student, no weight decay); the reference code uses 1e-2.
+  # AFT's rho / dense map, feature-KD's map and FT's MLP: this learning rate (same optimizer
+  # and schedule shape as the student, no weight decay); the reference code uses 1e-2.
   c.prior_learning_rate = 1e-2
+  # Logit standardisation (Sun et al., arXiv 2403.01427): the z-score of the student's and the
+  # teachers' logits before the temperature, in the kd and dkd terms
+  c.kd_standardize = False
+  c.dkd_weight = 0.0  # decoupled KD (Zhao et al., arXiv 2203.08679): alpha TCKD + beta NCKD
+  c.dkd_alpha = 1.0
+  c.dkd_beta = 8.0
+  c.dkd_temperature = 4.0
+  c.crd_weight = 0.0  # CRD (Tian et al., arXiv 1910.10699), paper A's baseline; its embedding
+  c.crd_negatives = 4096  # heads are proj_head/proj_dim's; negatives from other classes
+  c.crd_temperature = 0.07
+  c.crd_momentum = 0.5  # of the memory bank's rows (the bank is checkpointed state)
+  # SRRL (Yang et al., ICLR 2021), paper A's baseline: a connector maps the student's features
+  # to the teacher's; srrl: MSE of the teacher's head on them vs the teacher's logits;
+  # srrl_feature: MSE to the teacher's features
+  c.srrl_weight = 0.0
+  c.srrl_feature_weight = 0.0
+  c.srrl_connector = "mlp2"  # mlp2: Linear-ReLU-Linear-ReLU (mid width) | mlp: Linear-ReLU
+  # RKD (Park et al., arXiv 1904.05068), paper B's baseline: distance_w x distance + angle_w x
+  # angle, paper B's reference (dist + 2 angle) / 2
+  c.rkd_weight = 0.0
+  c.rkd_distance_weight = 0.5
+  c.rkd_angle_weight = 1.0
+  c.ft_weight = 0.0  # factor transfer as paper B's reference: an MLP student -> teacher, L1
+  # Per-term linear warm-up of the weight over this many epochs (DKD: 20 in mdistiller)
+  c.warmup_epochs = ml_collections.ConfigDict({t: 0.0 for t in WARMUP_TERMS})
   return c
+
+
+# Terms whose weight can warm up (loss.warmup_epochs.<term>)
+WARMUP_TERMS = ("kd", "dkd", "crd", "srrl", "srrl_feature", "rkd", "ft", "align", "unif", "aft",
+                "feature_kd")
+
+# loss presets (`with_method`): every key of the preset's terms, the others' weights set to 0.
+# Defaults from each method's reference code: docs/distillation.md cites them.
+_ALL_WEIGHTS = ("kd", "dkd", "crd", "srrl", "srrl_feature", "rkd", "ft", "align", "unif", "aft",
+                "feature_kd")
+METHODS = {
+    "ce": {},
+    "kd": {"kd_weight": 1.0, "kd_temperature": 4.0},  # Hinton; mdistiller CIFAR: CE 0.1 KD 0.9
+    "kd_ls": {"ce_weight": 0.1, "kd_weight": 9.0, "kd_temperature": 2.0,
+              "kd_standardize": True},
+    "dkd": {"dkd_weight": 1.0, "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_temperature": 4.0,
+            "warmup_epochs.dkd": 20.0},
+    "dkd_ls": {"dkd_weight": 1.0, "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_temperature": 2.0,
+               "kd_standardize": True, "warmup_epochs.dkd": 20.0},
+    "crd": {"crd_weight": 1.0, "kd_weight": 1.0, "proj_head": "mlp", "proj_dim": 128},
+    "srrl": {"srrl_weight": 1.0, "srrl_feature_weight": 1.0, "srrl_connector": "mlp2"},
+    "align_uniform": {"kd_weight": 1.0, "align_weight": 1.0, "unif_weight": 1.0},
+    "aft": {"aft_weight": 1.0},
+    "feature_kd": {"feature_kd_weight": 1.0},
+    "rkd": {"rkd_weight": 1.0},
+    "ft": {"ft_weight": 1.0},
+    "function_matching": {"ce_weight": 0.0, "kd_weight": 1.0, "kd_temperature": 1.0},
+}
+
+
+def with_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+  """`config` with the loss of `method` (a METHODS key): CE weight 1 unless the preset says
+  otherwise, the preset's terms and settings, every other term's weight 0 and warm-up 0."""
+  if method not in METHODS:
+    raise errors.UserError(f"unknown method {method!r}; valid: {sorted(METHODS)}")
+  loss = config.loss
+  loss.ce_weight = 1.0
+  loss.kd_standardize = False
+  for term in _ALL_WEIGHTS:
+    loss[f"{term}_weight"] = 0.0
+  for term in WARMUP_TERMS:
+    loss.warmup_epochs[term] = 0.0
+  for key, value in METHODS[method].items():
+    if key.startswith("warmup_epochs."):
+      loss.warmup_epochs[key.split(".", 1)[1]] = value
+    else:
+      loss[key] = value
+  return config
 
 
 def _teacher() -> ml_collections.ConfigDict:

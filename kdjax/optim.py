@@ -60,8 +60,9 @@ def _base(cfg, lr, weight_decay: float) -> optax.GradientTransformation:
 
 # Top-level keys of the trainer's auxiliary parameters (kdjax/distill/objective.py) that are
 # "priors": trained at loss.prior_learning_rate without weight decay (AFT's rho or its
-# no-kernel map V, feature-KD's map).
-PRIOR_KEYS = ("rho", "aft_map", "feature_kd")
+# no-kernel map V, feature-KD's map, factor transfer's MLP: paper B's reference trains them
+# all as its prior's parameters).
+PRIOR_KEYS = ("rho", "aft_map", "feature_kd", "ft")
 
 
 def labels(tree: dict) -> dict:

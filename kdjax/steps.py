@@ -21,7 +21,9 @@ class TrainState(flax.struct.PyTreeNode):
   params: Any  # the student's
   batch_stats: Any
   opt_state: Any  # over {"model": params, "aux": aux} (optim.build)
-  aux: Any = flax.struct.field(default_factory=dict)  # distillation heads, rho (distill.py)
+  aux: Any = flax.struct.field(default_factory=dict)  # distillation heads, rho (distill/)
+  # distillation state that is not trained: CRD's memory bank (kdjax/distill/objective.py)
+  memory: Any = flax.struct.field(default_factory=dict)
 
 
 def create_train_state(model, tx, image_shape, key, pretrained=None,
@@ -41,8 +43,9 @@ def create_train_state(model, tx, image_shape, key, pretrained=None,
     batch_stats = {k: v for k, v in batch_stats.items()
                    if k not in pretrained.get("batch_stats", {})}
   aux = distiller.init_aux(jax.random.fold_in(key, 1)) if distiller is not None else {}
+  memory = distiller.init_memory(jax.random.fold_in(key, 2)) if distiller is not None else {}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init({"model": params, "aux": aux}), aux=aux)
+                    opt_state=tx.init({"model": params, "aux": aux}), aux=aux, memory=memory)
 
 
 def merge(frozen, params, batch_stats) -> dict:
@@ -69,11 +72,31 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
   return optax.softmax_cross_entropy(logits, targets)
 
 
+def train_cross_entropy(logits, batch, num_classes: int, label_smoothing: float = 0.0):
+  """Per-example CE [B] of a train batch; a mixup batch ("mix_weight" w, "label_mix": the
+  partner's label, kdjax/data/pipeline.py) gives w CE(label) + (1 - w) CE(label_mix), an
+  unlabelled partner (-1) counting as the example's own label."""
+  ce = cross_entropy(logits, batch["label"], num_classes, label_smoothing)
+  if "mix_weight" not in batch:
+    return ce
+  w = batch["mix_weight"]
+  partner = jnp.where(batch["label_mix"] >= 0, batch["label_mix"], batch["label"])
+  return w * ce + (1.0 - w) * cross_entropy(logits, partner, num_classes, label_smoothing)
+
+
+def warmup_factor(step, warmup_steps: int):
+  """Linear warm-up of a loss weight: min((step + 1) / warmup_steps, 1); 1 without warm-up
+  (mdistiller's DKD: min(epoch / warmup, 1) with epochs counted from 1)."""
+  if not warmup_steps:
+    return 1.0
+  return jnp.minimum((step + 1).astype(jnp.float32) / warmup_steps, 1.0)
+
+
 STATE_FINITE = "state_finite"  # train-step metric: 1.0 if the updated state is all finite
 
 
 def make_train_step(model, tx, loss_cfg, num_classes: int, distiller=None,
-                    partial_labels: bool = False) -> Callable:
+                    partial_labels: bool = False, warmup_steps: dict | None = None) -> Callable:
   """(state, batch, key, frozen, teacher_vars) -> (state, metrics).
 
   `partial_labels`: label -1 marks an unlabelled example (synthetic images with
@@ -83,16 +106,18 @@ def make_train_step(model, tx, loss_cfg, num_classes: int, distiller=None,
   `distiller` (kdjax/distill/objective.py): the teachers and the distillation terms; None: CE only.
   `teacher_vars`: the teachers' variables (a list, [] without online teachers): an input, so
   no gradient reaches them and no update can change them.
+  `warmup_steps`: term -> steps of its weight's linear warm-up (loss.warmup_epochs).
   """
   weights = distiller.weights if distiller is not None else {"ce": float(loss_cfg.ce_weight)}
+  warmup_steps = {k: v for k, v in (warmup_steps or {}).items() if v and k in weights}
 
-  def loss_fn(trainable, batch_stats, frozen, teacher_vars, batch, rng):
+  def loss_fn(trainable, batch_stats, frozen, teacher_vars, memory, batch, rng, step):
     (logits, out), new_vars = model.apply(
         merge(frozen, trainable["model"], batch_stats), batch["image"], train=True,
         mutable=["batch_stats"], rngs={"dropout": rng})
     new_stats = {k: v for k, v in new_vars.get("batch_stats", {}).items()
                  if k not in frozen.get("batch_stats", {})}
-    ce = cross_entropy(logits, batch["label"], num_classes, loss_cfg.label_smoothing)
+    ce = train_cross_entropy(logits, batch, num_classes, loss_cfg.label_smoothing)
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     if partial_labels:
       labelled = (batch["label"] >= 0).astype(jnp.float32)
@@ -104,26 +129,29 @@ def make_train_step(model, tx, loss_cfg, num_classes: int, distiller=None,
     metrics = {}
     if distiller is not None and len(weights) > 1:
       tout = distiller.outputs_for(teacher_vars, batch)
-      more, metrics = distiller.terms(trainable["aux"], out["pre_logits"], logits, tout)
+      more, metrics, memory = distiller.terms(trainable["aux"], memory, batch,
+                                              out["pre_logits"], logits, tout,
+                                              jax.random.fold_in(rng, 1))
       terms.update(more)
-    loss = sum(weights[k] * v for k, v in terms.items())
-    return loss, (new_stats, {"loss": loss, **terms, **metrics, "accuracy": accuracy})
+    loss = sum(weights[k] * warmup_factor(step, warmup_steps.get(k, 0)) * v
+               for k, v in terms.items())
+    return loss, (new_stats, memory, {"loss": loss, **terms, **metrics, "accuracy": accuracy})
 
   def train_step(state: TrainState, batch, key, frozen, teacher_vars=()):
     rng = jax.random.fold_in(key, state.step)
     trainable = {"model": state.params, "aux": state.aux}
-    grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
-        trainable, state.batch_stats, frozen, teacher_vars, batch, rng)
+    grads, (batch_stats, memory, metrics) = jax.grad(loss_fn, has_aux=True)(
+        trainable, state.batch_stats, frozen, teacher_vars, state.memory, batch, rng, state.step)
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     metrics["grad_norm"] = optax.global_norm(grads["model"])
     # an update can overflow with a finite loss and gradient: the trainer checks this too
     metrics[STATE_FINITE] = jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((trainable, batch_stats))]
+        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((trainable, batch_stats, memory))]
     )).astype(jnp.float32)
     new_state = state.replace(step=state.step + 1, params=trainable["model"],
                               batch_stats=batch_stats, opt_state=opt_state,
-                              aux=trainable["aux"])
+                              aux=trainable["aux"], memory=memory)
     return new_state, metrics
 
   return train_step

@@ -52,6 +52,7 @@ def _check_numbers(c) -> None:
   for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
               "max_to_keep", "model.width", "model.width_multiplier", "loss.kd_temperature",
               "loss.align_alpha", "loss.unif_t", "loss.proj_dim", "teacher.cache_views",
+              "loss.dkd_temperature", "loss.crd_negatives", "loss.crd_temperature",
               "teacher.cache_shard_size", "data.image_size"):
     check(key, positive, "> 0")
   for key in ("total_steps", "total_epochs", "eval_every_steps", "eval_every_epochs",
@@ -61,9 +62,13 @@ def _check_numbers(c) -> None:
               "data.synthetic_per_class"):
     check(key, non_negative, ">= 0 (or None: unset)", none_ok=True)
   for key in ("optimizer.learning_rate", "optimizer.weight_decay", "optimizer.backbone_lr_scale",
-              "loss.ce_weight", "loss.prior_learning_rate", "data.augment.pad"):
+              "loss.ce_weight", "loss.prior_learning_rate", "data.augment.pad",
+              "loss.dkd_alpha", "loss.dkd_beta", "loss.rkd_distance_weight",
+              "loss.rkd_angle_weight",
+              *[f"loss.warmup_epochs.{t}" for t in c.loss.warmup_epochs]):
     check(key, non_negative, ">= 0")
   for key in ("loss.label_smoothing", "model.dropout_rate", "optimizer.momentum",
+              "loss.crd_momentum",
               "optimizer.b1", "optimizer.b2", "data.val_fraction"):
     check(key, lambda v: 0 <= v < 1, "in [0, 1)")
   for key in ("data.fraction", "data.synthetic_fraction"):
@@ -184,11 +189,11 @@ def partial_labels(config) -> bool:
   if unlabelled_synthetic and not objective.needs_teacher(config.loss):
     raise errors.UserError(
         "data.synthetic_labels=False leaves the synthetic images unlabelled, so only "
-        "distillation terms can use them: set a loss.*_weight (kd, align, unif, aft, "
-        "feature_kd) and teacher.models, or data.synthetic_labels=True")
+        f"distillation terms can use them: set a loss.*_weight ({', '.join(objective.TERMS[1:])}) "
+        "and teacher.models, or data.synthetic_labels=True")
   if d.unlabelled_rest and not objective.needs_teacher(config.loss):
     raise errors.UserError(
         "data.unlabelled_rest=True adds unlabelled images, so only distillation terms can use "
-        "them: set a loss.*_weight (kd, align, unif, aft, feature_kd) and teacher.models, or "
+        f"them: set a loss.*_weight ({', '.join(objective.TERMS[1:])}) and teacher.models, or "
         "data.unlabelled_rest=False")
   return unlabelled_synthetic or bool(d.unlabelled_rest)

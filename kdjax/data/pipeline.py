@@ -91,6 +91,13 @@ class TrainInput:
                                                                batch_sh, batch_sh),
                                   out_shardings=batch_sh)
 
+  def labels(self) -> np.ndarray:
+    """The label of every training row (-1: unlabelled), in `rows` order (streaming: decodes
+    the rows once; CRD's memory bank needs them)."""
+    if self.in_memory:
+      return np.asarray(jax.device_get(self._labels))
+    return self.source.read(self.rows)[1]
+
   def _views(self, step: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(view, augmentation seed) of each example of a step in cached mode."""
     epoch = step // self.steps_per_epoch

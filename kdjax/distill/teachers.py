@@ -47,9 +47,11 @@ def load(config) -> tuple[list, list]:
   return loaded, records
 
 
-def setup(config, model, image_shape, num_classes: int, mesh, key) -> Teachers:
+def setup(config, model, image_shape, num_classes: int, mesh, key,
+          train_labels=None) -> Teachers:
   """Loads the configured teachers, places them on `mesh` and builds the Distiller for the
-  student `model` (its feature width from an abstract forward pass)."""
+  student `model` (its feature width from an abstract forward pass). `train_labels`: a callable
+  giving every training row's label (read only when a term needs them: CRD)."""
   loaded, records = load(config)
   if not loaded and not objective.needs_teacher(config.loss):
     return Teachers(None, [], [])
@@ -58,9 +60,12 @@ def setup(config, model, image_shape, num_classes: int, mesh, key) -> Teachers:
       key)[1]
   views = [teacher_views.view_of(t, v) for t, v in zip(
       loaded, teacher_views.parse_views(config.teacher.views, len(loaded)))]
+  needs_labels = "crd" in objective.weights(config.loss) and train_labels is not None
   distiller = objective.Distiller(
       config.loss, views, num_classes, int(student_out["pre_logits"].shape[-1]),
-      config.data.mean, config.data.std, cached=config.teacher.mode == "cached")
+      config.data.mean, config.data.std, cached=config.teacher.mode == "cached",
+      train_labels=train_labels() if needs_labels else None,
+      teacher_heads=[objective.linear_head(t.variables, num_classes) for t in loaded])
   variables = [shd.put_global(t.variables, shd.param_shardings(
       t.variables, mesh, config.teacher.param_sharding, config.teacher.fsdp_min_size))
       for t in loaded]

@@ -76,7 +76,8 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
                        steps_per_epoch)
   image_shape = (config.data.image_size, config.data.image_size, 3)
   # ---------------------------------------------------------------- Teachers
-  teach = teachers.setup(config, model.module, image_shape, data.num_classes, mesh, init_key)
+  teach = teachers.setup(config, model.module, image_shape, data.num_classes, mesh, init_key,
+                         train_labels=data.train.labels)
   distiller = teach.distiller
   # ---------------------------------------------------------------- Workdir: this run's only
   workdir_lib.claim(config, workdir, overwrite)  # first write: refuses another config's run
@@ -88,8 +89,9 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
   state_sh = jax.tree.map(lambda _: repl, abstract_state)
   # ---------------------------------------------------------------- Steps
   make_step = functools.partial(_make_train_step, config, model, data.num_classes,
-                                partial_labels, (state_sh, batch_sh, repl, shd.sharding_of(
-                                    model.frozen)), repl)
+                                partial_labels, steps_per_epoch, (state_sh, batch_sh, repl,
+                                                                  shd.sharding_of(model.frozen)),
+                                repl)
   train_step = make_step(distiller, online_vars)
   abstract = functools.partial(accounting.abstract_batch, image_shape=image_shape,
                                sharding=batch_sh)
@@ -235,13 +237,15 @@ def _init_state(config, model, image_shape, distiller, repl, key):
   return state, abstract_state
 
 
-def _make_train_step(config, model, num_classes, partial_labels, shardings, repl, distiller,
-                     teacher_vars):
+def _make_train_step(config, model, num_classes, partial_labels, steps_per_epoch, shardings,
+                     repl, distiller, teacher_vars):
   """The jitted train step for `distiller` with the online teachers `teacher_vars` ([] when
   cached or none); `shardings`: (state, batch, key, frozen)."""
+  warmup = {term: int(round(epochs * steps_per_epoch))
+            for term, epochs in config.loss.warmup_epochs.items()}
   return jax.jit(
       steps.make_train_step(model.module, model.tx, config.loss, num_classes, distiller,
-                            partial_labels),
+                            partial_labels, warmup),
       in_shardings=(*shardings, shd.sharding_of(teacher_vars)),
       out_shardings=(shardings[0], repl), donate_argnums=0)
 
@@ -259,7 +263,7 @@ def _make_evaluator(config, model, data, state_sh, batch_sh, repl, teach, abstra
       data.evals, data.num_classes,
       steps.merge(shd.sharding_of(model.frozen), state_sh.params, state_sh.batch_stats),
       batch_sh, repl, config.eval_batch_size, abstract,
-      teacher_predict=distiller.teacher_predictions if with_teacher else None,
+      teacher_predict=distiller.teacher_probabilities if with_teacher else None,
       teacher_vars=teach.variables, teacher_sharding=shd.sharding_of(teach.variables))
 
 

@@ -189,6 +189,29 @@ def test_killed_and_stopped_runs_resume_bit_identically(tfds_dir, reference, tmp
   _assert_equal_states(_state(damaged, 12), _state(reference, 12))
 
 
+def test_crd_memory_bank_resumes_bit_exactly_after_a_kill(tfds_dir, reference, tmp_path):
+  """CRD's memory bank (every training row's past embeddings) is train state: checkpointed,
+  and a run killed after its first checkpoint resumes to the uninterrupted run's bank, bit for
+  bit (the finished reference run is the teacher)."""
+  crd = (f"--config.teacher.models={reference}", "--config.loss.kd_weight=1",
+         "--config.loss.crd_weight=1", "--config.loss.crd_negatives=64")
+  full = tmp_path / "full"
+  proc = _run(_cmd(tfds_dir, full, *crd))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  cut = tmp_path / "cut"
+  status, _ = _run_until(_cmd(tfds_dir, cut, *crd), f"step 6/{TOTAL}", signal.SIGKILL,
+                         tmp_path / "cut.log", exists=cut / "checkpoints" / "4")
+  assert status == -signal.SIGKILL
+  proc = _run(_cmd(tfds_dir, cut, *crd))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resumed from step" in proc.stderr
+  final, at_4 = _state(full, TOTAL), _state(full, 4)
+  bank = [k for k in final if "memory" in k and "crd" in k]
+  assert len(bank) == 4, sorted(final)  # student and teacher rows, their two constants
+  assert any(not np.array_equal(final[k], at_4[k]) for k in bank)  # the bank was updated
+  _assert_equal_states(_state(cut, TOTAL), final)
+
+
 def test_damaged_checkpoint_bits_are_detected_by_their_checksums(tmp_path):
   """Arrays that read back fine but are not the ones saved are caught by the checksums saved
   with them, and the previous step is used; when no step restores the run stops with a message
