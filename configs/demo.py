@@ -19,7 +19,8 @@ task. Arms (student: ResNet-18 width 16, 500 steps of 50, AdamW 1e-3 as paper A)
   feature_kd  CE + feature-KD (paper B's baseline: linear map student -> teacher features, MSE),
             teacher cached (K=32 views)
   crd, srrl   paper A's baselines (CRD: CE + KD + CRD; SRRL: CE + SRRL + feature regression),
-            teacher online; rkd, ft: paper B's baselines (CE + RKD / FT), teacher cached (K=32);
+            teacher online; rkd, ft, btuning: paper B's baselines (CE + RKD / FT / B-Tuning),
+            teacher cached (K=32);
             dkd, kd_ls, dkd_ls: DKD, KD and DKD with logit standardisation, teacher online.
             Each with its method's defaults (kdjax.configlib.METHODS, docs/distillation.md)
   unlabelled  paper A's loss (as distill, teacher online) with extra unlabelled inputs: the
@@ -37,11 +38,11 @@ task. Arms (student: ResNet-18 width 16, 500 steps of 50, AdamW 1e-3 as paper A)
 
 from kdjax import configlib
 
-# the field's objectives (issue 18), each with its preset of configlib.METHODS: paper A's
-# baselines CRD and SRRL (teacher online), paper B's RKD and FT (cached, as AFT), DKD and KD
-# with logit standardisation
-BASELINES = ("crd", "srrl", "rkd", "ft", "dkd", "kd_ls", "dkd_ls")
-CACHED_BASELINES = ("rkd", "ft")
+# the field's objectives, each with its preset of configlib.METHODS: paper A's baselines CRD
+# and SRRL (teacher online), paper B's RKD, FT and B-Tuning (cached, as AFT), DKD and KD with
+# logit standardisation
+BASELINES = ("crd", "srrl", "rkd", "ft", "btuning", "dkd", "kd_ls", "dkd_ls")
+CACHED_BASELINES = ("rkd", "ft", "btuning")
 ARMS = ("teacher", "scratch", "distill", "aft", "kd", "feature_kd", "unlabelled", *BASELINES)
 
 

@@ -20,7 +20,8 @@ same in every seed, data.subset_seed=0):
   feature_kd  paper B's feature-KD baseline, teacher cached (32 views)
   unlabelled  paper A's loss plus extra unlabelled inputs (data.unlabelled_rest): the 1,094
               train images the 200 leave out, without labels, teacher online
-  crd, srrl   paper A's baselines, teacher online; rkd, ft: paper B's baselines, teacher cached
+  crd, srrl   paper A's baselines, teacher online; rkd, ft, btuning: paper B's baselines,
+              teacher cached
   dkd, kd_ls, dkd_ls  decoupled KD and logit standardisation, teacher online (each with its
               method's defaults, kdjax.configlib.METHODS)
 Every student arm runs the same 500 steps of 50 (`--steps` changes all of them). The cached
@@ -46,7 +47,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 ARMS = ("scratch", "kd", "distill", "aft", "feature_kd", "unlabelled", "crd", "srrl", "rkd",
-        "ft", "dkd", "kd_ls", "dkd_ls")
+        "ft", "btuning", "dkd", "kd_ls", "dkd_ls")
 DESCRIPTIONS = {
     "teacher": "teacher: ResNet-18 w32, labels on all 1,294 train images (6.5x the students' "
                "200); trained once, seed 0",
@@ -61,6 +62,8 @@ DESCRIPTIONS = {
     "srrl": "paper A's baseline SRRL: CE + SRRL + feature regression, teacher online",
     "rkd": "paper B's baseline RKD: CE + (distance + 2 angle) / 2, teacher cached (32 views)",
     "ft": "paper B's baseline FT: CE + MLP to teacher features (L1), teacher cached (32 views)",
+    "btuning": "paper B's baseline B-Tuning: CE + LogME-weighted regression, teacher cached "
+               "(32 views)",
     "dkd": "DKD: CE + TCKD + 8 NCKD (T=4, 20-epoch warm-up), teacher online",
     "kd_ls": "KD with logit standardisation (CE 0.1 + KD 9, T=2), teacher online",
     "dkd_ls": "DKD with logit standardisation (T=2), teacher online",

@@ -181,19 +181,22 @@ def _loss() -> ml_collections.ConfigDict:
   c.rkd_distance_weight = 0.5
   c.rkd_angle_weight = 1.0
   c.ft_weight = 0.0  # factor transfer as paper B's reference: an MLP student -> teacher, L1
+  # B-Tuning (You et al., arXiv 2110.10545), paper B's baseline: LogME weights fitted once;
+  # teachers weighted by softmax(LogME score / btuning_temperature)
+  c.btuning_weight = 0.0
+  c.btuning_temperature = 0.1
   # Per-term linear warm-up of the weight over this many epochs (DKD: 20 in mdistiller)
   c.warmup_epochs = ml_collections.ConfigDict({t: 0.0 for t in WARMUP_TERMS})
   return c
 
 
 # Terms whose weight can warm up (loss.warmup_epochs.<term>)
-WARMUP_TERMS = ("kd", "dkd", "crd", "srrl", "srrl_feature", "rkd", "ft", "align", "unif", "aft",
-                "feature_kd")
+WARMUP_TERMS = ("kd", "dkd", "crd", "srrl", "srrl_feature", "rkd", "ft", "btuning", "align",
+                "unif", "aft", "feature_kd")
 
 # loss presets (`with_method`): every key of the preset's terms, the others' weights set to 0.
 # Defaults from each method's reference code: docs/distillation.md cites them.
-_ALL_WEIGHTS = ("kd", "dkd", "crd", "srrl", "srrl_feature", "rkd", "ft", "align", "unif", "aft",
-                "feature_kd")
+_ALL_WEIGHTS = WARMUP_TERMS
 METHODS = {
     "ce": {},
     "kd": {"kd_weight": 1.0, "kd_temperature": 4.0},  # Hinton; mdistiller CIFAR: CE 0.1 KD 0.9
@@ -210,6 +213,7 @@ METHODS = {
     "feature_kd": {"feature_kd_weight": 1.0},
     "rkd": {"rkd_weight": 1.0},
     "ft": {"ft_weight": 1.0},
+    "btuning": {"btuning_weight": 1.0},
     "function_matching": {"ce_weight": 0.0, "kd_weight": 1.0, "kd_temperature": 1.0},
 }
 

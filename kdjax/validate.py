@@ -53,6 +53,7 @@ def _check_numbers(c) -> None:
               "max_to_keep", "model.width", "model.width_multiplier", "loss.kd_temperature",
               "loss.align_alpha", "loss.unif_t", "loss.proj_dim", "teacher.cache_views",
               "loss.dkd_temperature", "loss.crd_negatives", "loss.crd_temperature",
+              "loss.btuning_temperature",
               "teacher.cache_shard_size", "data.image_size"):
     check(key, positive, "> 0")
   for key in ("total_steps", "total_epochs", "eval_every_steps", "eval_every_epochs",

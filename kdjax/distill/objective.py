@@ -19,6 +19,8 @@ The student's loss is `sum_k loss.<k>_weight * term_k` over
   rkd         paper B's baseline: relational KD (distance and angle) on the raw features
   ft          paper B's baseline "factor transfer": a 3-layer MLP student -> teacher, L1 of
               the L2-normalised pair
+  btuning     paper B's baseline B-Tuning: the student's features through their LogME weights
+              regressed onto the teachers' (LogME fitted once before training, btuning.py)
 (formulas: kdjax/losses). Only terms with a non-zero weight are computed. loss.kd_standardize
 z-scores the logits of kd and dkd (logit standardisation); loss.warmup_epochs.<term> ramps a
 term's weight linearly from 0 (applied by the train step, kdjax/steps.py).
@@ -41,12 +43,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax import errors, losses
+from kdjax.distill.btuning import placeholders as btuning_placeholders
 from kdjax.distill.teacher_views import to_teacher_pixels
 from kdjax.losses.aft import KERNELS
 from kdjax.losses.kd import MULTI_TEACHER_MODES
 
 TERMS = ("ce", "kd", "align", "unif", "aft", "feature_kd", "dkd", "crd", "srrl",
-         "srrl_feature", "rkd", "ft")
+         "srrl_feature", "rkd", "ft", "btuning")
 PROJECTION_HEADS = {"mlp": True, "linear": False}  # loss.proj_head -> with a hidden layer
 SRRL_CONNECTORS = ("mlp2", "mlp")  # loss.srrl_connector (paper A's reference, distill.py:69-80)
 # terms that read the teachers' task heads (their logits over the task's classes)
@@ -142,7 +145,7 @@ class Distiller:
         raise errors.UserError("loss.crd_weight > 0 needs the training rows' labels")
       self.train_labels = np.asarray(train_labels)
       self.crd_table = {k: np.asarray(v) for k, v in
-                        losses.crd_class_table(self.train_labels).items()}
+                        losses.class_table(self.train_labels).items()}
 
   def _check_heads(self, teacher_heads) -> None:
     """Terms that read the teachers' task heads: every teacher has one over the task's classes
@@ -192,10 +195,15 @@ class Distiller:
 
   def init_memory(self, key) -> dict:
     """The distillation state that is not trained (checkpointed with the run): CRD's memory
-    bank of every training row's student and teacher embeddings."""
-    if "crd" not in self.weights:
-      return {}
-    return {"crd": losses.crd_init_memory(key, len(self.train_labels), self.cfg.proj_dim)}
+    bank of every training row's student and teacher embeddings; B-Tuning's LogME constants
+    (zeros here, fitted by kdjax.distill.btuning.fit before training)."""
+    memory = {}
+    if "crd" in self.weights:
+      memory["crd"] = losses.init_memory(key, len(self.train_labels), self.cfg.proj_dim)
+    if "btuning" in self.weights:
+      memory["btuning"] = btuning_placeholders(self.num_classes, self.student_features,
+                                               [v.num_features for v in self.views])
+    return memory
 
   def teacher_outputs(self, teacher_vars, images) -> dict:
     """Online: every teacher on the batch. {"features": [B, sum D], "logits": [B, T, C]}."""
@@ -251,7 +259,7 @@ class Distiller:
         terms["unif"] = 0.5 * (metrics["unif_student"] + metrics["unif_teacher"])
       if "crd" in w:
         table = {k: jnp.asarray(v) for k, v in self.crd_table.items()}
-        negatives = losses.crd_sample_negatives(key, table["group"][batch["index"]], table,
+        negatives = losses.sample_negatives(key, table["group"][batch["index"]], table,
                                                 cfg.crd_negatives)
         terms["crd"], memory["crd"] = losses.crd(
             z_s, z_t, memory["crd"], batch["index"], negatives, cfg.crd_temperature,
@@ -284,6 +292,11 @@ class Distiller:
                       + cfg.rkd_angle_weight * metrics["rkd_angle"])
     if "ft" in w:
       terms["ft"] = losses.ft_loss(self.ft_mlp.apply({"params": aux["ft"]}, g), phi)
+    if "btuning" in w:
+      bt = memory["btuning"]
+      splits = np.cumsum([v.num_features for v in self.views])[:-1].tolist()
+      terms["btuning"] = losses.btuning(g, jnp.split(phi, splits, axis=-1), bt["mu_student"],
+                                        bt["mu_teachers"], bt["weights"])
     return terms, metrics, memory
 
   def teacher_probabilities(self, teacher_vars, images):

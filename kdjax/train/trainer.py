@@ -21,7 +21,7 @@ from absl import logging
 from kdjax import checkpoint, files, optim, preemption, steps, validate
 from kdjax import sharding as shd
 from kdjax.data import pipeline
-from kdjax.distill import objective, reports, teacher_cache, teachers
+from kdjax.distill import btuning, objective, reports, teacher_cache, teachers
 from kdjax.evaluators import classification
 from kdjax.hf import hub, preprocessing, pretrained
 from kdjax.metric_writers import MetricWriter, Progress
@@ -86,6 +86,10 @@ def _train_and_evaluate(config, workdir, overwrite, partial_labels, guard) -> Re
   online_vars = teach.variables if distiller is not None and not distiller.cached else []
   # ---------------------------------------------------------------- State, shape first
   state, abstract_state = _init_state(config, model, image_shape, distiller, repl, init_key)
+  if distiller is not None and "btuning" in distiller.weights:  # LogME, once before training
+    state = btuning.fit(distiller, state, _eval_variables(model, state), functools.partial(
+        _student_features, model.module), data, config.data, teach.variables, mesh,
+        config.eval_batch_size)
   state_sh = jax.tree.map(lambda _: repl, abstract_state)
   # ---------------------------------------------------------------- Steps
   make_step = functools.partial(_make_train_step, config, model, data.num_classes,
@@ -248,6 +252,11 @@ def _make_train_step(config, model, num_classes, partial_labels, steps_per_epoch
                             partial_labels, warmup),
       in_shardings=(*shardings, shd.sharding_of(teacher_vars)),
       out_shardings=(shardings[0], repl), donate_argnums=0)
+
+
+def _student_features(module, variables, images):
+  """The student's pre-logits features in eval mode."""
+  return module.apply(variables, images, train=False)[1]["pre_logits"]
 
 
 def _eval_variables(model, state):
