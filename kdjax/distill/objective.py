@@ -106,7 +106,14 @@ class ProjectionHead(nn.Module):
     if PROJECTION_HEADS[self.kind]:  # "mlp": a hidden layer first
       x = nn.relu(nn.Dense(x.shape[-1], name="hidden")(x))
     x = nn.Dense(self.dim, name="out")(x)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return x / jnp.maximum(safe_norm(x), 1e-12)
+
+
+def safe_norm(x):
+  """Row L2 norms [..., 1] whose gradient at a zero row is 0, as torch's, not NaN (a dead-ReLU
+  feature row through a zero-bias head is exactly zero)."""
+  sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
 
 
 class Distiller:

@@ -1,5 +1,6 @@
 """kdjax.losses on a sharded batch: the same global batch on 1 device and split over 8 (each in
-its own process, as XLA fixes the device count at start-up) gives the same losses."""
+its own process, as XLA fixes the device count at start-up) gives the same losses: every
+batch-coupled loss (uniformity, AFT, RKD, CRD with its negatives and memory update) included."""
 
 import json
 
@@ -20,6 +21,12 @@ arrays = dict(zs=unit(rng.randn(16, 8)), zt=unit(rng.randn(16, 8)), s=rng.randn(
 rho, w = rng.randn(12), rng.randn(5, 12)
 batch = {k: jax.device_put(jnp.asarray(v, jnp.float32), sharding.batch_sharding(mesh))
          for k, v in arrays.items()}
+labels = rng.randint(0, 10, 16)
+batch["labels"] = jax.device_put(jnp.asarray(labels, jnp.int32), sharding.batch_sharding(mesh))
+batch["index"] = jax.device_put(jnp.asarray(rng.permutation(40)[:16], jnp.int32),
+                                sharding.batch_sharding(mesh))
+table = losses.class_table(rng.randint(0, 4, 40))
+memory = losses.init_memory(jax.random.key(3), 40, 8)
 
 @jax.jit
 def all_losses(b):
@@ -28,7 +35,19 @@ def all_losses(b):
           "kd": losses.kd_kl(b["s"], b["t"]),
           "aft": losses.aft(b["g"], b["phi"], jnp.asarray(rho)),
           "aft_rbf": losses.aft(b["g"], b["phi"], jnp.asarray(rho), "rbf"),
-          "feature_kd": losses.feature_kd(b["g"], b["phi"], jnp.asarray(w))}
+          "feature_kd": losses.feature_kd(b["g"], b["phi"], jnp.asarray(w)),
+          "dkd": sum(losses.dkd(b["s"], b["t"], b["labels"])),
+          "rkd_distance": losses.rkd_distance(b["g"], b["phi"]),
+          "rkd_angle": losses.rkd_angle(b["g"], b["phi"]),
+          "crd": _crd(b)}
+
+def _crd(b):
+  # CRD's loss and the bank rows it wrote: negatives drawn from one key over the global batch,
+  # the memory updated at the global rows
+  negatives = losses.sample_negatives(jax.random.key(4), jnp.asarray(table["group"])[b["index"]],
+                                      table, 32)
+  loss, new = losses.crd(b["zs"], b["zt"], memory, b["index"], negatives)
+  return loss + jnp.sum(new["student"] * 1.7) + jnp.sum(new["teacher"]) + new["z_student"]
 
 print(json.dumps({"devices": mesh.devices.size,
                   **{k: float(v) for k, v in all_losses(batch).items()}}))
