@@ -30,6 +30,9 @@ Baseline (no teacher):
   python -m kdjax.main --config=configs/resnet18_cifar.py:arm=scratch --workdir=runs/r18_scratch
 Cached teacher instead of online (teacher run once over 10 augmented views per image):
   ... --config.teacher.mode=cached --config.teacher.cache_views=10
+Another objective, with its paper's defaults (kdjax.configlib.METHODS: kd, kd_ls, dkd, dkd_ls,
+crd, srrl, rkd, ft, btuning, aft, feature_kd, function_matching; docs/distillation.md):
+  python -m kdjax.main --config=configs/resnet18_cifar.py:method=dkd --workdir=runs/r18_dkd
 
 Expected: scratch ~95% test accuracy (the usual figure for this recipe); paper A reports
 distillation matching or beating the ImageNet-pre-trained ResNet-18 fine-tuned on CIFAR-10.
@@ -52,7 +55,7 @@ TEACHERS = {"resnet50": "microsoft/resnet-50", "vit_b16": "google/vit-base-patch
 
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, runlocal=False, arm="distill", teacher="resnet50",
-                            teacher_dir="", adapt="probe")
+                            teacher_dir="", adapt="probe", method="align_uniform")
   if arg.teacher not in TEACHERS:
     raise ValueError(f"unknown teacher {arg.teacher!r}; valid: {sorted(TEACHERS)}")
   if arg.arm not in ("distill", "scratch"):
@@ -67,10 +70,7 @@ def get_config(arg=None):
       c.teacher.models = arg.teacher_dir
     else:  # adapted by the same command into WORKDIR/teacher first
       c.teacher.adapt = configlib.adapt_config(TEACHERS[arg.teacher], arg.adapt, c.data.name)
-    c.loss.kd_weight = 1.0
-    c.loss.kd_temperature = 4.0
-    c.loss.align_weight = 1.0
-    c.loss.unif_weight = 1.0
+    configlib.with_method(c, arg.method)  # paper A: CE + KD (T=4) + align + unif, weights 1
   if arg.runlocal:
     configlib.shrink_for_local_run(c)
     if c.teacher.adapt:
