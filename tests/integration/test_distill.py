@@ -510,7 +510,8 @@ def test_teacher_outputs_carry_no_gradient(one_step, teacher_dirs):
   pixels = _teacher_pixels(images, TEACHER_SIZE)
 
   def through_distiller(tv):
-    terms, _ = distiller.terms(aux, g, logits, distiller.outputs_for(tv, batch))
+    terms, _, _ = distiller.terms(aux, {}, batch, g, logits, distiller.outputs_for(tv, batch),
+                                  jax.random.key(0))
     assert set(terms) == {"kd", "align", "unif", "aft", "feature_kd"}
     return sum(terms.values())
 

@@ -335,8 +335,8 @@ def test_aft_without_kernel_is_a_prior_term_against_numpy():
   assert np.abs(np.asarray(aux["aft_map"]["kernel"])).max() <= bound
   rng = np.random.default_rng(0)
   g, phi = rng.normal(size=(5, 4)), rng.normal(size=(5, 6))
-  terms, _ = d.terms(aux, jnp.asarray(g, jnp.float32), None,
-                     {"features": jnp.asarray(phi, jnp.float32)})
+  terms, _, _ = d.terms(aux, {}, {}, jnp.asarray(g, jnp.float32), None,
+                        {"features": jnp.asarray(phi, jnp.float32)}, jax.random.key(0))
   # prior.py:241-246: target = proj(phi); both centred over the batch; mean squared error
   v, b = (np.asarray(aux["aft_map"][k], np.float64) for k in ("kernel", "bias"))
   target = phi @ v + b
