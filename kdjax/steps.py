@@ -160,8 +160,10 @@ def make_train_step(model, tx, loss_cfg, num_classes: int, distiller=None,
 def make_eval_step(predict_fn: Callable, num_classes: int) -> Callable:
   """(variables, batch) -> sums {"correct", "loss", "count"} over the real (mask=1) examples.
 
-  With batch["teacher_pred"] (the teachers' predictions, kdjax/evaluators) also
-  "teacher_correct" and "agree" (student-teacher top-1 agreement).
+  With batch["teacher_probs"] (the teachers' task probabilities [B, C], kdjax/evaluators) also
+  the fidelity sums big_vision's distillation evaluators report: "teacher_correct", "agree"
+  (student top-1 == teacher top-1), "agree_top5" (the teacher's top-1 among the student's top
+  5, all classes when there are fewer) and "kl" (KL(teacher || student) at temperature 1).
   """
 
   def eval_step(variables, batch):
@@ -172,10 +174,16 @@ def make_eval_step(predict_fn: Callable, num_classes: int) -> Callable:
     correct = (pred == batch["label"]).astype(jnp.float32)
     sums = {"correct": jnp.sum(correct * mask), "loss": jnp.sum(ce * mask),
             "count": jnp.sum(mask)}
-    if "teacher_pred" in batch:
-      teacher = batch["teacher_pred"]
+    if "teacher_probs" in batch:
+      probs = batch["teacher_probs"].astype(jnp.float32)
+      teacher = jnp.argmax(probs, -1)
+      top = jax.lax.top_k(logits, min(5, num_classes))[1]
+      log_student = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+      kl = jnp.sum(jax.scipy.special.xlogy(probs, probs) - probs * log_student, -1)
       sums["teacher_correct"] = jnp.sum((teacher == batch["label"]) * mask)
       sums["agree"] = jnp.sum((teacher == pred) * mask)
+      sums["agree_top5"] = jnp.sum(jnp.any(top == teacher[:, None], -1) * mask)
+      sums["kl"] = jnp.sum(kl * mask)
     return sums
 
   return eval_step

@@ -615,9 +615,8 @@ def test_cache_progress_log_reports_the_real_rate(cached_runs):
   assert logged < 3 * 416 / wall, (logged, 416 / wall)
 
 
-def test_teacher_accuracy_and_agreement_match_an_independent_evaluation(cached_runs,
-                                                                        teacher_dirs,
-                                                                        tfds_dir):
+def test_teacher_fidelity_metrics_match_an_independent_evaluation(cached_runs, teacher_dirs,
+                                                                  tfds_dir):
   root, log = cached_runs
   config = _config(tfds_dir, **CACHED)
   model, variables = _final_student(root, config)
@@ -636,10 +635,20 @@ def test_teacher_accuracy_and_agreement_match_an_independent_evaluation(cached_r
              for x in (t_logits, student_logits))
   metrics = log["run1"]
   assert metrics["test/count"] == len(labels) == 360
+  top5 = np.argsort(-student_logits, -1)[:, :5]
   for key, value in [("test/accuracy", np.mean(student == labels)),
                      ("test/teacher_accuracy", np.mean(teacher_pred == labels)),
-                     ("test/agreement", np.mean(teacher_pred == student))]:
+                     ("test/agreement", np.mean(teacher_pred == student)),
+                     ("test/agreement_top5", np.mean(np.any(top5 == teacher_pred[:, None], -1)))]:
     assert abs(metrics[key] - float(value)) <= near / 360, key
+  # KL(teacher || student) at T=1, float64 from the logits
+  t_log = t_logits - np.log(np.sum(np.exp(t_logits - t_logits.max(-1, keepdims=True)), -1,
+                                   keepdims=True)) - t_logits.max(-1, keepdims=True)
+  s_log = student_logits - np.log(np.sum(np.exp(
+      student_logits - student_logits.max(-1, keepdims=True)), -1, keepdims=True)) - \
+      student_logits.max(-1, keepdims=True)
+  kl = np.mean(np.sum(np.exp(t_log) * (t_log - s_log), -1))
+  assert metrics["test/kl"] == pytest.approx(kl, rel=1e-4, abs=1e-6)
 
 
 def test_a_kdjax_run_loads_as_a_teacher_with_its_students_logits(cached_runs, tfds_dir):
