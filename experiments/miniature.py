@@ -138,6 +138,7 @@ def run_one(arm: str, seed: int, run_dir: str, teacher_dir: str,
       "val_accuracy": m.get("val/accuracy"),
       "teacher_test_accuracy": m.get("test/teacher_accuracy"),
       "agreement": m.get("test/agreement"),
+      "agreement_top5": m.get("test/agreement_top5"), "kl": m.get("test/kl"),
       "steps": config.total_steps, "batch_size": config.batch_size,
       "epochs": _last_epoch(run_dir),
       "train_flops": m["cost/train_flops"],
@@ -164,9 +165,11 @@ def run_one(arm: str, seed: int, run_dir: str, teacher_dir: str,
 
 
 def aggregate(runs: list[dict]) -> dict:
-  """Per-arm mean, sample standard deviation (n-1), min and max over seeds, and the paired
-  difference to scratch of the same seed."""
+  """Per-arm mean with its 95% interval, sample standard deviation (n-1), min and max over
+  seeds, and the paired difference to scratch of the same seed with its interval and verdict."""
   import numpy as np
+
+  from kdjax import stats
 
   by_arm: dict[str, list] = {}
   for r in runs:
@@ -178,13 +181,23 @@ def aggregate(runs: list[dict]) -> dict:
     acc = np.asarray([r["test_accuracy"] for r in rs])
     agreement = [r["agreement"] for r in rs if r.get("agreement") is not None]
     paired = [r["test_accuracy"] - scratch[r["seed"]] for r in rs if r["seed"] in scratch]
+    diff = None
+    if paired and arm != "scratch":
+      d_mean, d_half = stats.interval(paired)
+      diff = {"mean": d_mean, "ci95": d_half}
+    fidelity = {k: float(np.mean([r[k] for r in rs])) if all(r.get(k) is not None for r in rs)
+                else None for k in ("agreement_top5", "kl")}
     out[arm] = {
         "what": DESCRIPTIONS[arm], "seeds": [r["seed"] for r in rs],
         "test_accuracy": acc.tolist(), "mean": float(acc.mean()),
+        "ci95": stats.interval(acc)[1],
         "std": float(acc.std(ddof=1)) if len(acc) > 1 else None,  # sample std (n-1)
         "min": float(acc.min()), "max": float(acc.max()),
         "agreement_mean": float(np.mean(agreement)) if agreement else None,
         "minus_scratch_mean": float(np.mean(paired)) if paired and arm != "scratch" else None,
+        "minus_scratch_ci95": diff["ci95"] if diff else None,
+        "verdict": stats.verdict(diff) if diff else None,
+        "agreement_top5_mean": fidelity["agreement_top5"], "kl_mean": fidelity["kl"],
         "steps": rs[0]["steps"], "batch_size": rs[0]["batch_size"], "epochs": rs[0]["epochs"],
         "train_flops": float(np.mean([r["train_flops"] for r in rs])),
         "teacher_cache_flops": float(np.mean([r["teacher_cache_flops"] for r in rs])),
@@ -196,23 +209,32 @@ def aggregate(runs: list[dict]) -> dict:
 
 
 def table(teacher: dict, arms: dict) -> str:
-  lines = ["| arm | what | test accuracy, mean ± std | min - max | per seed | vs scratch "
-           "(paired) | agreement with teacher | steps x batch (epochs) | train FLOPs | "
-           "teacher cache FLOPs | total FLOPs | wall time (s) |",
-           "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+  lines = ["| arm | what | test accuracy, mean ± 95% CI | min - max | per seed | vs scratch "
+           "(paired, 95% CI) | agreement with teacher (top-1 / top-5) | KL(teacher ‖ student) | "
+           "steps x batch (epochs) | train FLOPs | teacher cache FLOPs | total FLOPs | "
+           "wall time (s) |",
+           "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+           "| ---: |"]
   lines.append(f"| teacher | {teacher['what']} | {teacher['test_accuracy']:.4f} | - | "
-               f"{teacher['test_accuracy']:.4f} | - | - | {teacher['steps']} x "
+               f"{teacher['test_accuracy']:.4f} | - | - | - | {teacher['steps']} x "
                f"{teacher['batch_size']} ({teacher['epochs']:.0f}) | "
                f"{teacher['train_flops']:.3g} | - | {teacher['train_flops']:.3g} | "
                f"{teacher['wall_time_s']:.0f} |")
   for arm, a in arms.items():
     per_seed = ", ".join(f"{x:.4f}" for x in a["test_accuracy"])
-    diff = f"{a['minus_scratch_mean']:+.4f}" if a["minus_scratch_mean"] is not None else "-"
+    diff = "-"
+    if a["minus_scratch_mean"] is not None:
+      half = a.get("minus_scratch_ci95")
+      diff = (f"{a['minus_scratch_mean']:+.4f}" + (f" ± {half:.4f}" if half is not None else "")
+              + f" ({a['verdict']})")
     agree = f"{a['agreement_mean']:.4f}" if a["agreement_mean"] is not None else "-"
+    if a.get("agreement_top5_mean") is not None:
+      agree += f" / {a['agreement_top5_mean']:.4f}"
+    kl = f"{a['kl_mean']:.4f}" if a.get("kl_mean") is not None else "-"
     cache = f"{a['teacher_cache_flops']:.3g}" if a["teacher_cache_flops"] else "-"
-    spread = f"± {a['std']:.4f}" if a["std"] is not None else "(1 seed)"
+    spread = f"± {a['ci95']:.4f}" if a.get("ci95") is not None else "(1 seed)"
     lines.append(f"| {arm} | {a['what']} | {a['mean']:.4f} {spread} | "
-                 f"{a['min']:.4f} - {a['max']:.4f} | {per_seed} | {diff} | {agree} | "
+                 f"{a['min']:.4f} - {a['max']:.4f} | {per_seed} | {diff} | {agree} | {kl} | "
                  f"{a['steps']} x {a['batch_size']} ({a['epochs']:.0f}) | "
                  f"{a['train_flops']:.3g} | {cache} | {a['total_train_flops']:.3g} | "
                  f"{a['wall_time_s_mean']:.0f} |")
@@ -230,13 +252,13 @@ def plot(teacher: dict, arms: dict, path: str) -> None:
   markers = "osD^vPX"
   placed: list[float] = []  # x of the points labelled so far, to stagger labels of close points
   for i, (arm, a) in enumerate(arms.items()):
-    x, std = a["total_train_flops"], a["std"] or 0.0
+    x, half = a["total_train_flops"], a.get("ci95") or 0.0
     ax.errorbar([x], [a["mean"]], yerr=[[a["mean"] - a["min"]], [a["max"] - a["mean"]]],
                 fmt="none", ecolor=f"C{i}", alpha=0.3, elinewidth=7)  # min-max range
     ax.plot([x] * len(a["test_accuracy"]), a["test_accuracy"], "_", color=f"C{i}", alpha=0.8,
             markersize=12)  # every seed
-    spread = f" ± {a['std']:.4f}" if a["std"] is not None else ""
-    ax.errorbar([x], [a["mean"]], yerr=[std], fmt=markers[i % len(markers)], color=f"C{i}",
+    spread = f" ± {a['ci95']:.4f}" if a.get("ci95") is not None else ""
+    ax.errorbar([x], [a["mean"]], yerr=[half], fmt=markers[i % len(markers)], color=f"C{i}",
                 capsize=4, markersize=7, label=f"{arm}: {a['mean']:.4f}{spread}")
     close = sum(1 for px in placed if abs(px / x - 1) < 0.15)
     placed.append(x)
@@ -258,7 +280,7 @@ def plot(teacher: dict, arms: dict, path: str) -> None:
   ax.set_ylabel("test accuracy (360 real digits)")
   n = max(len(a["seeds"]) for a in arms.values())
   ax.set_title(f"kdjax miniature, digits, 200 labelled images: mean over {n} seed(s)\n"
-               "marker: mean; bars: ± sample std; dashes: each seed; shaded: min-max",
+               "marker: mean; bars: 95% CI; dashes: each seed; shaded: min-max",
                fontsize=10)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8, loc="lower right")
@@ -299,9 +321,12 @@ the machine inflates every wall time below).
 - Seeds {seeds}: `config.seed` (the student's initialisation, its augmentation and batch order,
   the cached views drawn). The 200 images and the hold-out are the same in every seed
   (`data.subset_seed=0`), so the spread does not include the choice of images.
-- Spread: "mean ± std" is the sample standard deviation over seeds (n-1); min - max and every
-  seed's value are given too. "vs scratch (paired)": mean over seeds of (arm - scratch of the
-  same seed). One test image is 0.28 points.
+- Spread: "mean ± 95% CI" is the half-width of the 95% confidence interval of the mean over
+  seeds (Student's t, n-1 degrees of freedom; kdjax.stats); min - max and every seed's value are
+  given too. "vs scratch (paired)": mean over seeds of (arm - scratch of the same seed) with its
+  95% interval; "better"/"worse" only where the interval excludes 0, else "no effect". One test
+  image is 0.28 points. Fidelity (test split, mean over seeds): top-1 and top-5 agreement with
+  the teacher and KL(teacher ‖ student) at temperature 1.
 - Cost: train FLOPs are XLA's count of the compiled train step times the steps (an online
   teacher's forward passes are inside the step); the cached arms add the one-off teacher cache
   (32 augmented views of each of the 200 images), made once in the workdir and shared by the
@@ -368,7 +393,8 @@ def main(argv):
           "seeds_vary": "config.seed: student init, augmentation, batch order, cached views drawn; "
                         "the 200 labelled images and the validation hold-out are fixed "
                         "(data.subset_seed=0)",
-          "spread": "std = sample standard deviation over seeds (ddof=1); min and max"}
+          "spread": "ci95 = half-width of the 95% confidence interval of the mean (Student t, "
+                    "n-1 dof); std = sample standard deviation (ddof=1); min and max"}
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump({"meta": meta, "teacher": teacher, "arms": arms, "runs": runs}, f, indent=2)
