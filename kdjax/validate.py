@@ -68,6 +68,8 @@ def _check_numbers(c) -> None:
               "loss.rkd_angle_weight",
               *[f"loss.warmup_epochs.{t}" for t in c.loss.warmup_epochs]):
     check(key, non_negative, ">= 0")
+  check("data.augment.mixup_alpha", non_negative, ">= 0 (0: no mixup)")
+  check("data.augment.mixup_prob", lambda v: 0 <= v <= 1, "in [0, 1]")
   for key in ("loss.label_smoothing", "model.dropout_rate", "optimizer.momentum",
               "loss.crd_momentum",
               "optimizer.b1", "optimizer.b2", "data.val_fraction"):
@@ -98,6 +100,12 @@ def _check_combinations(c) -> None:
     raise errors.UserError("data.augment.kind='crop_flip' crops a square image: with "
                            "data.load_resize='shorter_full' use rrc_flip (or none), or "
                            "load_resize='shorter'")
+  if c.teacher.mode == "cached" and c.data.augment.mixup_alpha > 0:
+    raise errors.UserError(
+        f"data.augment.mixup_alpha={c.data.augment.mixup_alpha} mixes each batch with another "
+        "example, and a cached teacher's outputs belong to unmixed views: use "
+        "teacher.mode=online (function matching's consistent teaching), or "
+        "data.augment.mixup_alpha=0")
   if c.teacher.mode == "cached" and c.data.augment.kind == "rrc_flip_diffaug":
     raise errors.UserError("data.augment.kind='rrc_flip_diffaug' draws one DiffAugment "
                            "operation per training batch, which a teacher cache (made in "

@@ -18,6 +18,7 @@ Kinds:
   same augmented batch).
 - "none": no augmentation: the deterministic eval view (`preprocess_eval`).
 `flip=False` disables flipping (digits and text are not mirror-symmetric).
+`mixup_alpha > 0` mixes the augmented batch (`mixup`; the teacher sees the same mixed image).
 
 Images stored whole (data.load_resize=shorter_full: [S, L, 4] canvases, see
 kdjax.data.sources.resize_on_load) give rrc_flip's crop box drawn from the whole image and the
@@ -110,6 +111,22 @@ def _random_resized_crop(image, key, size, scale, ratio, width=None, transposed=
 def augment(images_uint8, key, cfg):
   """uint8 [B,H,W,C] -> float32 [B,size,size,C] normalised, augmented per `cfg.augment`."""
   return augment_keys(images_uint8, jax.random.split(key, images_uint8.shape[0]), cfg)
+
+
+def mixup(images, labels, key, alpha: float, prob: float = 1.0):
+  """Mixup of a global batch as big_vision draws it for function matching (Beyer et al., arXiv
+  2106.05237; big_vision utils.mixup: one Dirichlet(alpha, alpha) ratio per batch, the partner
+  being the batch rolled by one): (images, label_mix, mix_weight). An example is mixed with
+  probability `prob` (weight lambda, else 1): x = w x + (1 - w) x_partner. `label_mix` is the
+  partner's label (the train step's CE is w CE(label) + (1 - w) CE(label_mix)). Computed on the
+  global batch inside jit, so 1 and 8 devices give the same batch."""
+  k_ratio, k_which = jax.random.split(key)
+  lam = jax.random.dirichlet(k_ratio, jnp.full((2,), alpha, jnp.float32))[0]
+  mixed = jax.random.bernoulli(k_which, prob, (images.shape[0],))
+  weight = jnp.where(mixed, lam, 1.0).astype(jnp.float32)
+  w = weight.reshape((-1,) + (1,) * (images.ndim - 1))
+  images = w * images + (1.0 - w) * jnp.roll(images, 1, axis=0)
+  return images, jnp.roll(labels, 1, axis=0), weight
 
 
 def view_keys(seeds):

@@ -29,6 +29,15 @@ from kdjax import sharding as shd
 from kdjax.data import augment, sources
 
 
+def _mixup(batch: dict, key, cfg) -> dict:
+  """The batch with mixup (data.augment.mixup_alpha > 0): "image" mixed, "label_mix" and
+  "mix_weight" added (kdjax.data.augment.mixup), from the step's augmentation key."""
+  image, label_mix, weight = augment.mixup(batch["image"], batch["label"],
+                                           jax.random.fold_in(key, 1),
+                                           cfg.augment.mixup_alpha, cfg.augment.mixup_prob)
+  return {**batch, "image": image, "label_mix": label_mix, "mix_weight": weight}
+
+
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
@@ -50,6 +59,9 @@ class TrainInput:
     batch_sh, repl = shd.batch_sharding(mesh), shd.replicated(mesh)
     self._augment = jax.jit(functools.partial(augment.augment, cfg=cfg),
                             in_shardings=(batch_sh, repl), out_shardings=batch_sh)
+    self._mix = cfg.augment.mixup_alpha > 0
+    self._mixup = jax.jit(functools.partial(_mixup, cfg=cfg), in_shardings=(batch_sh, repl),
+                          out_shardings=batch_sh)
     self._augment_keys = jax.jit(
         lambda images, seeds: augment.augment_keys(images, augment.view_keys(seeds), cfg),
         in_shardings=(batch_sh, batch_sh), out_shardings=batch_sh)
@@ -60,10 +72,12 @@ class TrainInput:
       self._labels = shd.global_from_host(labels, repl)
 
       def gather_augment(images, labels, idx, key):
-        return augment.augment(images[idx], key, cfg), labels[idx]
+        batch = {"image": augment.augment(images[idx], key, cfg), "label": labels[idx],
+                 "index": idx}
+        return _mixup(batch, key, cfg) if self._mix else batch
 
       self._gather = jax.jit(gather_augment, in_shardings=(repl, repl, batch_sh, repl),
-                             out_shardings=(batch_sh, batch_sh))
+                             out_shardings=batch_sh)
     else:
       self._pool = concurrent.futures.ThreadPoolExecutor(max(1, cfg.num_workers))
       self._pending: dict[int, concurrent.futures.Future] = {}
@@ -125,8 +139,7 @@ class TrainInput:
     if self.in_memory:
       idx = shd.global_from_host(self.indices(step).astype(np.int32),
                                  shd.batch_sharding(self.mesh))
-      image, label = self._gather(self._images, self._labels, idx, key)
-      return {"image": image, "label": label, "index": idx}
+      return self._gather(self._images, self._labels, idx, key)
     for s in range(step, step + self.cfg.prefetch + 1):  # keep the pool `prefetch` steps ahead
       if s not in self._pending:
         local = self.indices(s)[shd.process_slice(self.global_batch)]
@@ -138,7 +151,8 @@ class TrainInput:
     labels = shd.global_from_process_local(labels, self.mesh)
     index = shd.global_from_host(self.indices(step).astype(np.int32),
                                  shd.batch_sharding(self.mesh))
-    return {"image": self._augment(images, key), "label": labels, "index": index}
+    batch = {"image": self._augment(images, key), "label": labels, "index": index}
+    return self._mixup(batch, key) if self._mix else batch
 
   def _cached_batch(self, step: int) -> dict:
     positions = self.indices(step)

@@ -1,6 +1,7 @@
 """kdjax.losses on a sharded batch: the same global batch on 1 device and split over 8 (each in
 its own process, as XLA fixes the device count at start-up) gives the same losses: every
-batch-coupled loss (uniformity, AFT, RKD, CRD with its negatives and memory update) included."""
+batch-coupled loss (uniformity, AFT, RKD, CRD with its negatives and memory update) and mixup
+included."""
 
 import json
 
@@ -13,6 +14,7 @@ _SHARDED = """
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from kdjax import losses, sharding
+from kdjax.data import augment
 mesh = sharding.make_mesh()
 rng = np.random.RandomState(1)
 unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
@@ -39,7 +41,14 @@ def all_losses(b):
           "dkd": sum(losses.dkd(b["s"], b["t"], b["labels"])),
           "rkd_distance": losses.rkd_distance(b["g"], b["phi"]),
           "rkd_angle": losses.rkd_angle(b["g"], b["phi"]),
-          "crd": _crd(b)}
+          "crd": _crd(b),
+          "mixup": _mixup(b)}
+
+def _mixup(b):
+  # the mixed global batch (partner: the batch rolled by one), weighted by position
+  images, label_mix, w = augment.mixup(b["g"], b["labels"], jax.random.key(5), 1.0, 0.5)
+  pos = jnp.arange(16, dtype=jnp.float32)[:, None]
+  return jnp.sum(images * pos) + jnp.sum(label_mix * pos[:, 0]) + jnp.sum(w * pos[:, 0])
 
 def _crd(b):
   # CRD's loss and the bank rows it wrote: negatives drawn from one key over the global batch,
