@@ -161,7 +161,8 @@ def make_eval_step(predict_fn: Callable, num_classes: int) -> Callable:
   """(variables, batch) -> sums {"correct", "loss", "count"} over the real (mask=1) examples.
 
   With batch["teacher_probs"] (the teachers' task probabilities [B, C], kdjax/evaluators) also
-  the fidelity sums big_vision's distillation evaluators report: "teacher_correct", "agree"
+  the fidelity sums big_vision's distillation evaluators report (big_vision/evaluators/proj/
+  distill/distance.py, kinds "kl" and "agree" k=1, 5): "teacher_correct", "agree"
   (student top-1 == teacher top-1), "agree_top5" (the teacher's top-1 among the student's top
   5, all classes when there are fewer) and "kl" (KL(teacher || student) at temperature 1).
   """
