@@ -94,7 +94,10 @@ def base() -> ml_collections.ConfigDict:
 def _model() -> ml_collections.ConfigDict:
   """The student (`model.*`)."""
   c = ml_collections.ConfigDict()
-  c.name = "resnet18"  # resnet18 | resnet34 | mobilenet_v2
+  # resnet18 | resnet34 | mobilenet_v2 | the CIFAR benchmark networks of RepDistiller and
+  # mdistiller: resnet{8,14,20,32,44,56,110}, resnet8x4, resnet32x4, wrn_{16,40}_{1,2},
+  # vgg{8,11,13,16,19} (kdjax/models/students/cifar.py)
+  c.name = "resnet18"
   c.stem = "cifar"  # ResNet: cifar (3x3, no max-pool) | imagenet (7x7/2 + max-pool)
   c.width = 64  # ResNet: channels of the first stage (64 is the standard network)
   c.width_multiplier = 1.0  # MobileNetV2

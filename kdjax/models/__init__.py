@@ -12,7 +12,7 @@ from kdjax.models.hf import classifier
 from kdjax.models.hf import mobilenet_v2 as hf_mobilenet_v2
 from kdjax.models.hf import resnet as hf_resnet
 from kdjax.models.hf import vit as hf_vit
-from kdjax.models.students import mobilenet_v2, resnet
+from kdjax.models.students import cifar, mobilenet_v2, resnet
 from kdjax.sharding import PARAM_SHARDINGS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype (compute)
@@ -34,7 +34,14 @@ def _mobilenet_v2(num_classes, cfg, dtype, conv):
       dtype=dtype, conv=conv)
 
 
-STUDENTS = {"resnet18": _resnet18, "resnet34": _resnet34, "mobilenet_v2": _mobilenet_v2}
+def _cifar(name):
+  """A CIFAR benchmark network of RepDistiller/mdistiller (students/cifar.py)."""
+  return lambda num_classes, cfg, dtype, conv: cifar.NETWORKS[name](num_classes, dtype=dtype,
+                                                                    conv=conv)
+
+
+STUDENTS = {"resnet18": _resnet18, "resnet34": _resnet34, "mobilenet_v2": _mobilenet_v2,
+            **{name: _cifar(name) for name in cifar.NETWORKS}}
 # config.json `model_type` -> the family module that builds and converts it.
 FAMILIES = {"resnet": hf_resnet, "vit": hf_vit, "dinov2": hf_vit, "clip": hf_vit,
             "clip_vision_model": hf_vit, "mobilenet_v2": hf_mobilenet_v2}
