@@ -124,7 +124,9 @@ def _optimizer() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "sgd"  # sgd | adam | adamw
   c.learning_rate = 0.1
-  c.schedule = "cosine"  # cosine | constant
+  c.schedule = "cosine"  # cosine | constant | multistep (decay_factor at each decay_epochs)
+  c.decay_epochs = (150.0, 180.0, 210.0)  # multistep: mdistiller's CIFAR-100 recipe
+  c.decay_factor = 0.1
   c.warmup_steps = config_dict.placeholder(int)
   c.warmup_epochs = config_dict.placeholder(float)
   c.momentum = 0.9

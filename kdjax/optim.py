@@ -12,10 +12,22 @@ import optax
 from kdjax import errors
 
 OPTIMIZERS = ("sgd", "adam", "adamw")  # optimizer.name
-SCHEDULES = {  # optimizer.schedule -> (peak lr, steps after the warm-up) -> schedule
-    "cosine": optax.cosine_decay_schedule,
-    "constant": lambda lr, steps: optax.constant_schedule(lr),
-}
+SCHEDULES = ("cosine", "constant", "multistep")  # optimizer.schedule
+
+
+def _main_schedule(cfg, lr: float, steps: int, steps_per_epoch: int) -> optax.Schedule:
+  """The schedule after the warm-up, over `steps` steps. multistep: lr times decay_factor at each
+  of optimizer.decay_epochs (counted from the start of the run, warm-up included: mdistiller's
+  CIFAR recipe, SOLVER.LR_DECAY_STAGES [150, 180, 210] and LR_DECAY_RATE 0.1,
+  mdistiller/engine/cfg.py and configs/cifar100/*.yaml)."""
+  if cfg.schedule == "cosine":
+    return optax.cosine_decay_schedule(lr, steps)
+  if cfg.schedule == "constant":
+    return optax.constant_schedule(lr)
+  assert cfg.schedule == "multistep", cfg.schedule  # validate.check refuses other names
+  boundaries = {int(round(e * steps_per_epoch)): float(cfg.decay_factor)
+                for e in cfg.decay_epochs}
+  return optax.piecewise_constant_schedule(lr, boundaries)
 
 
 def steps_from(cfg, name: str, steps_per_epoch: int, default=None):
@@ -36,8 +48,11 @@ def steps_from(cfg, name: str, steps_per_epoch: int, default=None):
 def schedule(cfg, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
   lr = cfg.learning_rate
   warmup = steps_from(cfg, "warmup", steps_per_epoch, default=0)
-  main = SCHEDULES[cfg.schedule](lr, max(1, total_steps - warmup))
+  main = _main_schedule(cfg, lr, max(1, total_steps - warmup), steps_per_epoch)
   if warmup:
+    if cfg.schedule == "multistep":  # its boundaries count from the run's start
+      main_from_start = main
+      main = lambda count: main_from_start(count + warmup)  # noqa: E731
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
   return main
 

@@ -69,6 +69,12 @@ def _check_numbers(c) -> None:
               *[f"loss.warmup_epochs.{t}" for t in c.loss.warmup_epochs]):
     check(key, non_negative, ">= 0")
   check("data.augment.mixup_alpha", non_negative, ">= 0 (0: no mixup)")
+  check("optimizer.decay_factor", positive, "> 0")
+  decay = tuple(c.optimizer.decay_epochs)
+  if not all(isinstance(e, numbers.Real) and e >= 0 for e in decay) or list(decay) != sorted(
+      decay):
+    raise errors.UserError(f"optimizer.decay_epochs={decay}: must be increasing epochs >= 0, "
+                           "e.g. (150, 180, 210)")
   check("data.augment.mixup_prob", lambda v: 0 <= v <= 1, "in [0, 1]")
   for key in ("loss.label_smoothing", "model.dropout_rate", "optimizer.momentum",
               "loss.crd_momentum",
