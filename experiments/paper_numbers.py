@@ -126,3 +126,47 @@ def _lookup(table, key):
     return None, NOT_REPORTED
   value, source = entry
   return float(value), source
+
+
+# ------------------------------------------------------------------------------ CIFAR-100 grid
+# The CIFAR-100 distillation benchmark's published numbers (top-1 test accuracy, %), for
+# experiments/cifar100_grid.py, copied from the READMEs of the repositories that report them:
+#   RD  HobbitLong/RepDistiller README.md at 0eb3a95 ("Benchmark Results on CIFAR-100", table 1:
+#       teachers, students from scratch, KD, RKD, FT (its paraphraser variant), CRD)
+#   MD  megvii-research/mdistiller README.md at a08d46f (KD, DKD)
+#   LS  sunshangquan/logit-standardization-KD README.md at f6e5aa5 (KD+LS, DKD, DKD+LS)
+# Each a mean of their runs as published (the READMEs give no intervals). Keyed by (teacher,
+# student); the pairs are those all three tables share.
+C100_PAIRS = (("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"),
+              ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("vgg13", "vgg8"))
+_RD = "RepDistiller README (HobbitLong/RepDistiller@0eb3a95)"
+_MD = "mdistiller README (megvii-research/mdistiller@a08d46f)"
+_LS = "logit-standardization-KD README (sunshangquan/logit-standardization-KD@f6e5aa5)"
+C100_TEACHER = {"resnet56": (72.34, _RD), "resnet110": (74.31, _RD),
+                "resnet32x4": (79.42, _RD), "wrn_40_2": (75.61, _RD), "vgg13": (74.64, _RD)}
+C100_STUDENT = {"resnet20": (69.06, _RD), "resnet32": (71.14, _RD), "resnet8x4": (72.50, _RD),
+                "wrn_16_2": (73.26, _RD), "wrn_40_1": (71.98, _RD), "vgg8": (70.36, _RD)}
+_COLS = C100_PAIRS  # the order of the values below
+C100_METHODS = {
+    "kd": ((70.66, 73.08, 73.33, 74.92, 73.54, 72.98), _MD),
+    "crd": ((71.16, 73.48, 75.51, 75.48, 74.14, 73.94), _RD),
+    "rkd": ((69.61, 71.82, 71.90, 73.35, 72.22, 71.48), _RD),
+    "ft": ((69.84, 72.37, 72.86, 73.25, 71.59, 70.58), _RD),
+    "dkd": ((71.97, 74.11, 76.32, 76.23, 74.81, 74.68), _MD),
+    "kd_ls": ((71.43, 74.17, 76.62, 76.11, 74.37, 74.36), _LS),
+    "dkd_ls": ((72.32, 74.29, 77.01, 76.39, 74.89, 74.81), _LS),
+}
+
+
+def cifar100(teacher, student, data, arm):
+  """(published accuracy or None, its source) of a CIFAR-100 grid cell; arm "ce" of a teacher
+  (student None) is the teacher's own row, of a student the from-scratch baseline."""
+  del data
+  if arm == "ce":
+    table = C100_TEACHER if student is None else C100_STUDENT
+    value = table.get(teacher if student is None else student)
+    return (value[0], value[1]) if value else (None, "not in the READMEs")
+  if arm in C100_METHODS and (teacher, student) in _COLS:
+    values, source = C100_METHODS[arm]
+    return values[_COLS.index((teacher, student))], source
+  return None, "not in the READMEs (RepDistiller, mdistiller, logit-standardization-KD)"

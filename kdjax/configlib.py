@@ -209,7 +209,8 @@ METHODS = {
               "kd_standardize": True},
     "dkd": {"dkd_weight": 1.0, "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_temperature": 4.0,
             "warmup_epochs.dkd": 20.0},
-    "dkd_ls": {"dkd_weight": 1.0, "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_temperature": 2.0,
+    # logit-standardization-KD tools/train.py: DKD's alpha and beta x --kd-weight 9, T 2
+    "dkd_ls": {"dkd_weight": 9.0, "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_temperature": 2.0,
                "kd_standardize": True, "warmup_epochs.dkd": 20.0},
     "crd": {"crd_weight": 1.0, "kd_weight": 1.0, "proj_head": "mlp", "proj_dim": 128},
     "srrl": {"srrl_weight": 1.0, "srrl_feature_weight": 1.0, "srrl_connector": "mlp2"},
