@@ -43,6 +43,12 @@ def global_from_host(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
+def host_copy(x: jax.Array) -> np.ndarray:
+  """A replicated global array as numpy, read from this process's own copy (device_get needs
+  every shard addressable, which a multi-process array is not)."""
+  return np.asarray(x.addressable_shards[0].data)
+
+
 def put_global(tree, shardings):
   """Host (numpy) arrays held in full by every process -> global arrays with `shardings`.
 

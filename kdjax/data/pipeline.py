@@ -109,7 +109,7 @@ class TrainInput:
     """The label of every training row (-1: unlabelled), in `rows` order (streaming: decodes
     the rows once; CRD's memory bank needs them)."""
     if self.in_memory:
-      return np.asarray(jax.device_get(self._labels))
+      return shd.host_copy(self._labels)
     return self.source.read(self.rows)[1]
 
   def _views(self, step: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

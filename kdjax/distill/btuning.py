@@ -46,8 +46,8 @@ def fit(distiller, state, variables, predict_features, data, data_cfg, teacher_v
   gather = jax.jit(features, out_shardings=repl)
   g, phi, labels = [], [], []
   for batch in rows.batches():
-    g_b, phi_b, label_b, mask_b = (np.asarray(x) for x in jax.device_get(
-        gather(variables, teacher_vars, batch)))
+    g_b, phi_b, label_b, mask_b = (shd.host_copy(x) for x in
+                                   gather(variables, teacher_vars, batch))
     keep = mask_b > 0
     g.append(g_b[keep])
     phi.append(phi_b[keep])
