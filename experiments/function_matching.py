@@ -124,6 +124,28 @@ def summarise(runs: list[dict]) -> dict:
   return out
 
 
+def verdict(summary: dict) -> str:
+  """The smallest K from which the cache and every larger K show no effect against online
+  teaching, in test accuracy and in KL (paired 95% intervals holding 0), or that none does."""
+  cached = sorted((int(a.split("_")[1]), a) for a in summary if a.startswith("cached_"))
+  trusted = None
+  for k, arm in reversed(cached):
+    if summary[arm].get("verdict") == "no effect" and summary[arm].get("kl_verdict") == (
+        "no effect"):
+      trusted = k
+    else:
+      break
+  if not cached:
+    return "no cached arm was run"
+  if trusted is None:
+    return (f"no K of {[k for k, _ in cached]} matches online teaching: every cached arm "
+            "differs from it in test accuracy or KL beyond its 95% interval")
+  worse = [k for k, _ in cached if k < trusted]
+  return (f"from K = {trusted} views per image the cached teacher is indistinguishable from "
+          "online teaching here (paired differences in test accuracy and KL within their 95% "
+          f"intervals for K >= {trusted})" + (f"; K in {worse} is not" if worse else ""))
+
+
 def _pm(mean, half, fmt=".4f"):
   return f"{mean:{fmt}}" + (f" ± {half:.4f}" if half is not None else "")
 
@@ -173,9 +195,14 @@ def main(argv):
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write(f"# Function matching: online consistent teaching vs the K-view teacher cache\n\n"
              f"```bash\n{meta['command']}\n```\n\n{__doc__.split(chr(10) + chr(10), 2)[2]}\n"
-             f"This invocation: {meta['total_wall_s'] / 60:.1f} min, load average "
-             f"{load_start:.1f} -> {meta['load_end']:.1f} (2 cores).\n\n{table(summary)}\n")
+             f"The {len(runs)} runs' own end-to-end times add up to "
+             f"{sum(r['call_wall_time_s'] for r in runs) / 60:.1f} min on the 2-core machine "
+             "(another experiment ran beside them); this invocation: "
+             f"{meta['total_wall_s'] / 60:.1f} min (finished runs are read back).\n\n"
+             f"{table(summary)}\n\n"
+             f"Verdict: {verdict(summary)}.\n")
   print(table(summary))
+  print(f"Verdict: {verdict(summary)}.")
 
 
 if __name__ == "__main__":
