@@ -31,9 +31,9 @@ Each run has its own sub-directory of WORKDIR (teacher/, SEED/ARM/); a second st
 finished runs (their results are in RUN/miniature.json) and resumes an interrupted one from its
 checkpoint. Writes OUT/results.json (every run, the per-arm aggregates), OUT/results.md (the
 table) and OUT/accuracy_vs_cost.png (test accuracy against training FLOPs, log scale).
-Expected time for the defaults (teacher + 6 arms x 3 seeds), estimated from single runs: about
-12 min on the idle 2-core machine, about 25 min at a load average of 5 (measured runs and the
-load are recorded in OUT/results.md and results.json). Results: OUT/results.md.
+Measured for the defaults (teacher + 14 arms x 3 seeds): 27.1 min on the 2-core machine with
+another experiment beside it (load average 0.7 -> 2.5; the runs and the load are recorded in
+OUT/results.md and results.json). Results: OUT/results.md.
 """
 
 import json
