@@ -1,27 +1,28 @@
 """The CIFAR-100 benchmark networks of the distillation literature, as RepDistiller and mdistiller
-define them (megvii-research/mdistiller mdistiller/models/cifar/{resnet,wrn,vgg}.py, the same
-definitions as HobbitLong/RepDistiller models/), in Flax linen, NHWC, for 32 px inputs.
+define them (megvii-research/mdistiller at a08d46f, mdistiller/models/cifar/{resnet,wrn,vgg}.py,
+the same definitions as HobbitLong/RepDistiller models/), in Flax linen, NHWC, for 32 px inputs.
 
 - `resnet{8,14,20,32,44,56,110}`: He et al.'s CIFAR ResNets (arXiv 1512.03385): a 3x3 stem
   of 16 channels, 3 stages of n = (depth - 2) / 6 post-activation basic blocks at 16/32/64
   channels (strides 1, 2, 2), a 1x1-conv + BN shortcut where the shape changes, global average
   pool, linear head. `resnet8x4`, `resnet32x4`: the same with a 32-channel stem and stages of
-  64/128/256 (resnet.py:201-206).
+  64/128/256 (resnet.py:209-242; the stem is resnet.py:116-117).
 - `wrn_{16,40}_{1,2}`: wide ResNets (Zagoruyko & Komodakis, arXiv 1605.07146), depth 6n + 4,
   widths 16/16k/32k/64k, pre-activation blocks whose shortcut (a 1x1 conv where the width or
-  stride changes) reads the activated input, a final BN-ReLU (wrn.py).
+  stride changes) reads the activated input (wrn.py:38-47), a final BN-ReLU (wrn.py:92-93).
 - `vgg{8,11,13,16,19}`: the CIFAR VGGs with batch norm (the `_bn` variants mdistiller's
   model dict uses for "vgg8", "vgg13"...): five blocks of 3x3 conv (with bias) + BN + ReLU,
-  max-pool between the first four, global average pool, Linear(512, C) (vgg.py; the extra
-  pool before block 4 applies only to 64 px inputs and is kept).
+  max-pool between the first four, global average pool, Linear(512, C) (vgg.py:27-43,
+  140-151; the extra pool before block 4 applies only to 64 px inputs, vgg.py:90-91, and is
+  kept).
 
 Initialisation as the references: convolutions normal(0, sqrt(2 / fan_out)); BN scale 1, bias
-0; ResNet and WRN heads torch nn.Linear's default (WRN: bias 0); VGG head normal(0, 0.01), bias
-0. BN momentum 0.9 and epsilon 1e-5 (torch's 0.1 / 1e-5). `__call__` returns `(logits, out)`
-with out["stem"], out["stage1"].. (each stage's output), out["pre_logits"] (what the head
-reads) and out["logits"], as every kdjax student. Parameter counts are tested against
-independent PyTorch definitions (tests/unit/test_models_cifar.py).
-"""
+0 (resnet.py:126-131, wrn.py:97-105, vgg.py:124-137); ResNet and WRN heads torch nn.Linear's
+default (WRN: bias 0); VGG head normal(0, 0.01), bias 0. BN momentum 0.9 and epsilon 1e-5
+(torch's 0.1 / 1e-5). `__call__` returns `(logits, out)` with out["stem"], out["stage1"]..
+(each stage's output), out["pre_logits"] (what the head reads) and out["logits"], as every
+kdjax student. Parameter counts are tested against independent PyTorch definitions and the
+counts of mdistiller's own (tests/unit/test_models_cifar.py)."""
 
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -115,7 +116,7 @@ class WideResNet(_Layers):
         act = nn.relu(self._bn(train, f"{name}_bn1")(x))
         if x.shape[-1] == width:  # same width: identity shortcut of the raw input
           shortcut = x
-        else:  # the 1x1 conv shortcut reads the activated input (wrn.py:45-51)
+        else:  # the 1x1 conv shortcut reads the activated input (wrn.py:39-40, 47)
           shortcut = self._conv(width, 1, stride, name=f"{name}_down_conv")(act)
         y = nn.relu(self._bn(train, f"{name}_bn2")(self._conv(width, 3, stride,
                                                               name=f"{name}_conv1")(act)))
