@@ -28,6 +28,12 @@ def test_multistep_boundaries_count_from_the_start_with_a_warm_up():
   assert float(fn(199)) == pytest.approx(0.05) and float(fn(200)) == pytest.approx(0.005)
 
 
+def test_multistep_epochs_on_the_same_step_compound():
+  fn = optim.schedule(_cfg(schedule="multistep", decay_epochs=(2.0, 2.0, 3.0)), 50, 10)
+  assert float(fn(19)) == pytest.approx(0.05) and float(fn(20)) == pytest.approx(5e-4)
+  assert float(fn(30)) == pytest.approx(5e-5)
+
+
 def test_cosine_and_constant_unchanged():
   cos = optim.schedule(_cfg(), 100, 10)
   assert float(cos(0)) == pytest.approx(0.05)
