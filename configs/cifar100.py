@@ -18,7 +18,8 @@ holds out 10% of the training split to tune on instead.
 (MDISTILLER below: KD CE 0.1 + KD 0.9, T 4; CRD CE 1 + 0.8 CRD, 16,384 negatives, no KD; RKD
 CE 1 + 25 distance + 50 angle; DKD alpha 1, beta 8 or its per-pair beta, T 4, 20-epoch
 warm-up), logit standardisation's (kd_ls: CE 0.1 + KD 9, T 2, or the per-pair temperature of
-its published logs; dkd_ls: DKD x 9, T 2), and the papers' own for the rest (srrl, ft,
+its published logs; dkd_ls: DKD's alpha and beta x 9, T 2, or the per-pair temperature, weight
+and beta of its published logs), and the papers' own for the rest (srrl, ft,
 btuning, aft, feature_kd: kdjax.configlib.METHODS). FT here is paper B's reference variant (an
 MLP on pooled features), not RepDistiller's paraphraser on feature maps. Teachers: a kdjax run
 of the same config (method=ce) given as `teacher_dir`; `teacher` names its network (for the
@@ -27,7 +28,8 @@ per-pair settings). mdistiller's published teacher checkpoints cannot be downloa
   :runlocal   a few CPU steps at batch 16
 """
 
-from kdjax import configlib
+from kdjax import configlib, errors
+from kdjax.models.students import cifar
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
@@ -45,6 +47,13 @@ DKD_BETA = {("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0,
 # KD+LS's per-pair temperature (the file names of logit-standardization-KD's published logs,
 # README.md:90, "kd,TEACHER,STUDENT,T,WEIGHT"; 2 elsewhere)
 LS_TEMPERATURE = {("vgg13", "vgg8"): 3.0}
+# DKD+LS's per-pair (T, weight, beta) from the same logs' names, "dkd,TEACHER,STUDENT,T,WEIGHT,
+# BETA" (README.md:94; no BETA: the mdistiller yaml's). Its tools/train.py:108-118 merges BETA
+# from the command line, then multiplies alpha and beta by WEIGHT: here dkd_weight = WEIGHT,
+# alpha 1, dkd_beta = BETA. Elsewhere T 2, weight 9 and DKD_BETA (its README's command).
+DKD_LS = {("resnet56", "resnet20"): (3.0, 18.0, 2.0), ("resnet110", "resnet32"): (2.0, 15.0, 2.0),
+          ("resnet32x4", "resnet8x4"): (2.0, 9.0, 8.0), ("wrn_40_2", "wrn_16_2"): (2.0, 12.0, 2.0),
+          ("wrn_40_2", "wrn_40_1"): (2.0, 12.0, 2.0), ("vgg13", "vgg8"): (2.0, 15.0, 2.0)}
 
 
 def get_config(arg=None):
@@ -73,9 +82,16 @@ def get_config(arg=None):
   configlib.with_method(c, arg.method)
   for key, value in MDISTILLER.get(arg.method, {}).items():
     c.loss[key] = value
+  if arg.method != "ce" and arg.teacher not in cifar.NETWORKS:
+    raise errors.UserError(
+        f"teacher={arg.teacher!r}: name the teacher's network, one of {sorted(cifar.NETWORKS)} "
+        "(it picks the per-pair settings); its run directory goes in teacher_dir=")
   pair = (arg.teacher, arg.student)
-  if arg.method in ("dkd", "dkd_ls"):
+  if arg.method == "dkd":
     c.loss.dkd_beta = DKD_BETA.get(pair, 8.0)
+  if arg.method == "dkd_ls":
+    temperature, weight, beta = DKD_LS.get(pair, (2.0, 9.0, DKD_BETA.get(pair, 8.0)))
+    c.loss.dkd_temperature, c.loss.dkd_weight, c.loss.dkd_beta = temperature, weight, beta
   if arg.method == "kd_ls":
     c.loss.kd_temperature = LS_TEMPERATURE.get(pair, 2.0)
   if arg.method != "ce":

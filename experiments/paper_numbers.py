@@ -131,11 +131,14 @@ def _lookup(table, key):
 # ------------------------------------------------------------------------------ CIFAR-100 grid
 # The CIFAR-100 distillation benchmark's published numbers (top-1 test accuracy, %), for
 # experiments/cifar100_grid.py, copied from the READMEs of the repositories that report them:
-#   RD  HobbitLong/RepDistiller README.md at 0eb3a95 ("Benchmark Results on CIFAR-100", table 1:
-#       teachers, students from scratch, KD, RKD, FT (its paraphraser variant), CRD)
-#   MD  megvii-research/mdistiller README.md at a08d46f (KD, DKD)
-#   LS  sunshangquan/logit-standardization-KD README.md at f6e5aa5 (KD+LS, DKD, DKD+LS)
-# Each a mean of their runs as published (the READMEs give no intervals). Keyed by (teacher,
+#   RD  https://github.com/HobbitLong/RepDistiller/blob/0eb3a95/README.md ("Benchmark Results on
+#       CIFAR-100", table 1: teachers, students from scratch, KD, RKD, FT (its paraphraser
+#       variant), CRD; unchanged at b84f547, the newest commit read)
+#   MD  https://github.com/megvii-research/mdistiller/blob/a08d46f/README.md (KD, DKD)
+#   LS  https://github.com/sunshangquan/logit-standardization-KD/blob/f6e5aa5/README.md
+#       (KD+LS, DKD+LS; its KD and DKD rows repeat mdistiller's, but for DKD WRN-40-2 ->
+#       WRN-16-2: 76.24 there, 76.23 in MD)
+# Each one number per cell as published (the READMEs give no intervals). Keyed by (teacher,
 # student); the pairs are those all three tables share.
 C100_PAIRS = (("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"),
               ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("vgg13", "vgg8"))

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(REPO, "experiments"))
 import cifar100_grid  # noqa: E402
 import paper_a  # noqa: E402
 
-from kdjax import validate  # noqa: E402
+from kdjax import configlib, errors, validate  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -46,11 +46,26 @@ def test_dry_run_lists_every_cell_with_a_valid_config(tmp_path):
   c = configs["kd_vgg13_vgg8_s0"]  # mdistiller's KD: CE 0.1 + KD 0.9, T 4
   assert (c.loss.ce_weight, c.loss.kd_weight, c.loss.kd_temperature) == (0.1, 0.9, 4.0)
   assert configs["kd_ls_vgg13_vgg8_s0"].loss.kd_temperature == 3.0
+  # DKD+LS as its published log "dkd,resnet56,resnet20,3,18,2.0": T 3, alpha and beta x 18
+  c = configs["dkd_ls_resnet56_resnet20_s1"]
+  assert (c.loss.dkd_temperature, c.loss.dkd_weight, c.loss.dkd_alpha, c.loss.dkd_beta,
+          c.loss.kd_standardize) == (3.0, 18.0, 1.0, 2.0, True)
+  c = configs["dkd_ls_resnet32x4_resnet8x4_s0"]  # "dkd,resnet32x4,resnet8x4,2,9"
+  assert (c.loss.dkd_temperature, c.loss.dkd_weight, c.loss.dkd_beta) == (2.0, 9.0, 8.0)
   c = configs["crd_wrn_40_2_wrn_16_2_s1"]
   assert (c.loss.crd_weight, c.loss.kd_weight, c.loss.crd_negatives) == (0.8, 0.0, 16384)
   c = configs["teacher_wrn_40_2"]
   assert (c.model.name, c.teacher.models, c.optimizer.schedule) == ("wrn_40_2", "", "multistep")
   assert c.optimizer.decay_epochs == (150.0, 180.0, 210.0) and c.total_epochs == 240.0
+
+
+def test_config_arguments():
+  get_config = configlib.load_file("configs/cifar100.py").get_config
+  c = get_config("student=resnet20,teacher=,method=ce")
+  validate.check(c)  # a student (or a teacher) from scratch: no teacher
+  assert (c.model.name, c.teacher.models, c.loss.kd_weight) == ("resnet20", "", 0.0)
+  with pytest.raises(errors.UserError, match="teacher_dir="):  # a run directory as teacher=
+    get_config("student=resnet20,teacher=runs/t,method=kd")
 
 
 def test_collect_puts_the_published_number_beside_ours(tmp_path):
