@@ -332,8 +332,9 @@ def _data() -> ml_collections.ConfigDict:
   c.augment.scale = (0.08, 1.0)
   c.augment.ratio = (3 / 4, 4 / 3)
   # Mixup (function matching, Beyer et al., arXiv 2106.05237: big_vision's mixup p=1): one
-  # Dirichlet(alpha, alpha) ratio per batch with the batch rolled by one; 0 = off. Each example
-  # is mixed with probability mixup_prob. Teacher and student see the same mixed image.
+  # ratio a ~ Beta(alpha, alpha) per global batch, max(a, 1 - a) on the example's own image, the
+  # partner the batch rolled by one; 0 = off. Each example is mixed with probability mixup_prob.
+  # Teacher and student see the same mixed image (kdjax/data/augment.py mixup).
   c.augment.mixup_alpha = 0.0
   c.augment.mixup_prob = 1.0
   return c

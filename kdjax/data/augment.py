@@ -18,7 +18,8 @@ Kinds:
   same augmented batch).
 - "none": no augmentation: the deterministic eval view (`preprocess_eval`).
 `flip=False` disables flipping (digits and text are not mirror-symmetric).
-`mixup_alpha > 0` mixes the augmented batch (`mixup`; the teacher sees the same mixed image).
+`mixup_alpha > 0` mixes the augmented global batch (`mixup`, big_vision's function-matching
+mixup; the teacher sees the same mixed image).
 
 Images stored whole (data.load_resize=shorter_full: [S, L, 4] canvases, see
 kdjax.data.sources.resize_on_load) give rrc_flip's crop box drawn from the whole image and the
@@ -114,19 +115,26 @@ def augment(images_uint8, key, cfg):
 
 
 def mixup(images, labels, key, alpha: float, prob: float = 1.0):
-  """Mixup of a global batch as big_vision draws it for function matching (Beyer et al., arXiv
-  2106.05237; big_vision utils.mixup: one Dirichlet(alpha, alpha) ratio per batch, the partner
-  being the batch rolled by one): (images, label_mix, mix_weight). An example is mixed with
-  probability `prob` (weight lambda, else 1): x = w x + (1 - w) x_partner. `label_mix` is the
-  partner's label (the train step's CE is w CE(label) + (1 - w) CE(label_mix)). Computed on the
-  global batch inside jit, so 1 and 8 devices give the same batch."""
+  """Mixup of a global batch as big_vision applies it in function matching (Beyer et al., arXiv
+  2106.05237; google-research/big_vision at 0127fb6, big_vision/utils.py:1146-1154 `get_mixup`,
+  called on the global batch by trainers/proj/distill/distill.py:256-261 with the distill
+  configs' `mixup=dict(p=1.0)`): one ratio a ~ Beta(alpha, alpha) per batch, a = max(a, 1 - a)
+  (the example's own image weighs at least half), the partner being the batch rolled by one.
+
+  Returns (images, label_mix, mix_weight). Beyond big_vision, an example is mixed only with
+  probability `prob` (weight w = a, else w = 1): x = w x + (1 - w) x_partner. `label_mix` is the
+  partner's label, int32 [B], possibly -1 (an unlabelled partner: the train step's CE,
+  kdjax/steps.py train_cross_entropy, then counts the example's own label for the whole
+  weight); `mix_weight` is w, float32 [B]. Computed on the global batch inside jit, so the
+  batch is the same on any number of devices."""
   k_ratio, k_which = jax.random.split(key)
-  lam = jax.random.dirichlet(k_ratio, jnp.full((2,), alpha, jnp.float32))[0]
+  lam = jax.random.beta(k_ratio, alpha, alpha, dtype=jnp.float32)
+  lam = jnp.maximum(lam, 1.0 - lam)
   mixed = jax.random.bernoulli(k_which, prob, (images.shape[0],))
   weight = jnp.where(mixed, lam, 1.0).astype(jnp.float32)
   w = weight.reshape((-1,) + (1,) * (images.ndim - 1))
   images = w * images + (1.0 - w) * jnp.roll(images, 1, axis=0)
-  return images, jnp.roll(labels, 1, axis=0), weight
+  return images, jnp.roll(labels, 1, axis=0).astype(jnp.int32), weight
 
 
 def view_keys(seeds):

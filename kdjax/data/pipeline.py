@@ -44,7 +44,10 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 class TrainInput:
   """Augmented global training batches by step: {"image": f32 [B,S,S,3], "label": i32 [B],
-  "index": i32 [B] (positions into `rows`: CRD's memory bank rows)}."""
+  "index": i32 [B] (positions into `rows`: CRD's memory bank rows)}; with mixup
+  (data.augment.mixup_alpha > 0) the image is mixed after augmentation, inside the same jitted
+  call on the global batch, and "label_mix" (the partner's label, i32 [B]) and "mix_weight"
+  (f32 [B], 1 for unmixed rows) are added (kdjax.data.augment.mixup)."""
 
   def __init__(self, source: sources.Source, rows: np.ndarray, cfg, mesh, global_batch: int,
                seed: int):
