@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_python, tiny_config
+from conftest import REPO, run_python, tiny_config
 
-from kdjax import runtime, steps
+from kdjax import configlib, errors, runtime, steps, validate
 from kdjax import sharding as shd
 from kdjax.data import augment, pipeline
 
@@ -126,3 +126,17 @@ def test_mixed_batch_is_the_same_on_one_and_eight_devices(tfds_dir, tmp_path):
     np.testing.assert_allclose(eight[key], one[key], rtol=1e-6, atol=1e-6, err_msg=key)
   w = one["True/0/mix_weight"]
   assert np.any(w == 1.0) and np.any(w < 1.0)  # mixup_prob 0.5: both kinds of row
+
+
+def test_mixup_settings_are_validated_and_a_cached_teacher_refused():
+  c = configlib.load_file(os.path.join(REPO, "configs", "function_matching.py")).get_config("")
+  validate.check(c)  # mixup with the teacher online
+  c.teacher.mode = "cached"
+  with pytest.raises(errors.UserError, match="unmixed views: use teacher.mode=online"):
+    validate.check(c)
+  c.teacher.mode = "online"
+  for key, value in (("mixup_alpha", -1.0), ("mixup_prob", 1.5)):
+    bad = c.copy_and_resolve_references()
+    bad.data.augment[key] = value
+    with pytest.raises(errors.UserError, match=f"data.augment.{key}"):
+      validate.check(bad)
