@@ -161,10 +161,13 @@ def make_eval_step(predict_fn: Callable, num_classes: int) -> Callable:
   """(variables, batch) -> sums {"correct", "loss", "count"} over the real (mask=1) examples.
 
   With batch["teacher_probs"] (the teachers' task probabilities [B, C], kdjax/evaluators) also
-  the fidelity sums big_vision's distillation evaluators report (big_vision/evaluators/proj/
-  distill/distance.py, kinds "kl" and "agree" k=1, 5): "teacher_correct", "agree"
-  (student top-1 == teacher top-1), "agree_top5" (the teacher's top-1 among the student's top
-  5, all classes when there are fewer) and "kl" (KL(teacher || student) at temperature 1).
+  the fidelity sums big_vision's distillation evaluator reports (google-research/big_vision at
+  0127fb6, big_vision/evaluators/proj/distill/distance.py:50-54 kind "kl" and :61-65 kind
+  "agree", run with k=1 and k=5 by configs/proj/distill/bit_i1k.py:140-141):
+  "teacher_correct", "agree" (student top-1 == teacher top-1), "agree_top5" (the teacher's
+  top-1 among the student's top 5, as big_vision's `top_k(student, k) == top_k(teacher, 1)`;
+  all classes when there are fewer than 5) and "kl" (KL(teacher || student) at temperature 1,
+  summed over classes, 0 log 0 = 0).
   """
 
   def eval_step(variables, batch):
