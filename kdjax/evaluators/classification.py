@@ -5,8 +5,8 @@ accuracy, the student-teacher top-1 and top-5 agreement and KL(teacher || studen
 Sums are accumulated on device over padded batches whose padding has mask 0 (scenic's
 (sum, count) pattern), then divided once on the host. float32 sums of 0/1 are exact below 2**24
 examples. The teachers are frozen, so their probabilities on an eval set are computed once per
-run (kept on the device) and fed to every later evaluation of the student. The evaluator owns
-its jitted functions and counts their FLOPs.
+run (kept on the device, [N_batches][B, C] float32 per eval set) and fed to every later
+evaluation of the student. The evaluator owns its jitted functions and counts their FLOPs.
 """
 
 from collections.abc import Callable
@@ -19,7 +19,8 @@ from kdjax import steps
 
 
 def teacher_probabilities(predict_step, teacher_vars, eval_input) -> list:
-  """The teachers' task probabilities [B, C], one device array per eval batch."""
+  """The teachers' task probabilities, one float32 [B, C] device array per eval batch (padding
+  rows included: the eval step masks them)."""
   return [predict_step(teacher_vars, batch["image"]) for batch in eval_input.batches()]
 
 
@@ -57,8 +58,8 @@ class Evaluator:
                         in_shardings=(variables_sharding, batch_sharding),
                         out_shardings=replicated)
     self.predict_teacher = None if teacher_predict is None else jax.jit(
-        teacher_predict, in_shardings=(teacher_sharding, batch_sharding),
-        out_shardings=batch_sharding)
+        lambda v, images: teacher_predict(v, images).astype(jnp.float32),
+        in_shardings=(teacher_sharding, batch_sharding), out_shardings=batch_sharding)
     self._batch = abstract_batch(eval_batch_size, with_mask=True)
     self._flops_per_batch = self._teacher_flops_per_batch = None
     self._teacher_probs = {}  # eval set -> the teachers' probabilities (computed once per run)

@@ -5,7 +5,8 @@ constants. References: paper A `sfarhat/dapt` at ccdbeb1, paper B
 models paper B names. Also the mechanisms those recipes need, each against an independent
 reference: per-teacher input views, DiffAugment (torch's affine_grid / grid_sample), the
 random-resized-crop box (torchvision's get_params), the no-kernel AFT term (NumPy), a dataset
-without a class."""
+without a class. And the fidelity metrics an evaluation with a teacher reports (big_vision's
+distillation evaluator: teacher accuracy, top-1 / top-5 agreement, KL) against NumPy."""
 
 import dataclasses
 import importlib.util
@@ -19,10 +20,12 @@ from conftest import REPO
 from PIL import Image
 
 from kdjax import configlib, errors, optim, validate
+from kdjax import sharding as shd
 from kdjax.data import augment, folder, sources
 from kdjax.distill import objective, teacher_views
+from kdjax.evaluators import classification
 from kdjax.hf import pretrained
-from kdjax.train import trainer
+from kdjax.train import accounting, trainer
 
 
 def _config(name, arg=""):
@@ -433,3 +436,68 @@ def test_evaluation_every_epoch(tfds_dir, tmp_path):
   c.eval_every_steps = 3
   with pytest.raises(errors.UserError, match="only one of eval_every_steps"):
     validate.check(c)
+
+
+# ------------------------------------------------------------------------------ fidelity metrics
+class _EvalSet:
+  """An eval input of `logits` as images, padded to batches of `size` (mask 0), counting how
+  often it is read."""
+
+  def __init__(self, logits, labels, size):
+    self.num_examples, self.size = len(labels), size
+    self.num_batches = -(-len(labels) // size)
+    pad = self.num_batches * size - len(labels)
+    self.images = np.concatenate([logits, np.zeros((pad, logits.shape[1]), np.float32)])
+    self.labels = np.concatenate([labels, np.zeros(pad, np.int32)])
+    self.mask = (np.arange(len(self.labels)) < len(labels)).astype(np.float32)
+    self.reads = 0
+
+  def batches(self):
+    self.reads += 1
+    for b in range(self.num_batches):
+      rows = slice(b * self.size, (b + 1) * self.size)
+      yield {"image": jnp.asarray(self.images[rows]), "label": jnp.asarray(self.labels[rows]),
+             "mask": jnp.asarray(self.mask[rows])}
+
+
+def test_evaluator_reports_fidelity_against_numpy_teacher_computed_once():
+  """Evaluator with a teacher: the teachers' probabilities are computed once per eval set
+  (its batches read once more per evaluation, their FLOPs counted once) and kept as float32;
+  accuracy, teacher_accuracy, agreement, agreement_top5 (the teacher's top-1 among the student's
+  top 5) and kl (KL(teacher || student), T = 1) equal NumPy's over the real examples only."""
+  rng = np.random.default_rng(0)
+  n, c, size = 37, 7, 16  # 3 batches, 11 padding rows
+  logits = (rng.normal(size=(n, c)) * 2).astype(np.float32)
+  labels = rng.integers(0, c, n).astype(np.int32)
+  w = (rng.normal(size=(c, c)) * 2).astype(np.float32)
+  ev = _EvalSet(logits, labels, size)
+  mesh = shd.make_mesh()
+  batch_sh, repl = shd.batch_sharding(mesh), shd.replicated(mesh)
+
+  def teacher_predict(tv, x):  # bfloat16 probabilities: the evaluator keeps float32
+    return jax.nn.softmax(x @ tv["w"], -1).astype(jnp.bfloat16)
+
+  evaluator = classification.Evaluator(
+      lambda v, x: x * v["s"], {"test": ev}, c, repl, batch_sh, repl, size,
+      lambda b, with_mask: accounting.abstract_batch(b, (c,), batch_sh, with_mask),
+      teacher_predict=teacher_predict, teacher_vars={"w": jnp.asarray(w)}, teacher_sharding=repl)
+  flops = []
+  probs = np.asarray(teacher_predict({"w": w}, jnp.asarray(logits)), np.float64)
+  for call, scale in enumerate((1.0, -0.5)):
+    out = evaluator(call, {"s": jnp.asarray(scale)}, flops.append)
+    assert ev.reads == 2 + call  # the teacher's pass once, then one pass per evaluation
+    assert {str(p.dtype) for p in evaluator._teacher_probs["test"]} == {"float32"}
+    s = logits.astype(np.float64) * scale
+    log_s = s - s.max(-1, keepdims=True)
+    log_s -= np.log(np.exp(log_s).sum(-1, keepdims=True))
+    student, teacher = s.argmax(-1), probs.argmax(-1)
+    top5 = np.argsort(-s, -1)[:, :5]
+    want = {"count": n, "accuracy": np.mean(student == labels),
+            "teacher_accuracy": np.mean(teacher == labels),
+            "agreement": np.mean(student == teacher),
+            "agreement_top5": np.mean(np.any(top5 == teacher[:, None], -1)),
+            "kl": np.mean(np.sum(probs * (np.log(np.maximum(probs, 1e-300)) - log_s), -1))}
+    for key, value in want.items():
+      assert out[f"test/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), (call, key)
+  assert 0 < want["agreement"] < want["agreement_top5"] < 1  # the metrics are not trivial here
+  assert len(flops) == 3 and flops[1] == flops[2]  # teacher FLOPs once, the student's twice
