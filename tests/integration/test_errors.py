@@ -68,7 +68,7 @@ def test_wrong_value_type(finished_run, tfds_dir):
 def test_unknown_student(finished_run, tfds_dir):
   line = _train(finished_run, tfds_dir, "--config.model.name=resnet81")
   assert "unknown model.name 'resnet81'" in line
-  assert "'mobilenet_v2', 'resnet18', 'resnet34'" in line
+  assert "'mobilenet_v2', 'resnet110'" in line and "'resnet18', 'resnet20'" in line
 
 
 def test_unknown_loss_setting(finished_run, tfds_dir):
