@@ -351,9 +351,7 @@ class TorchDense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    bound = 1.0 / np.sqrt(x.shape[-1])
-    uniform = lambda k, shape, dtype=jnp.float32: jax.random.uniform(  # noqa: E731
-        k, shape, dtype, -bound, bound)
+    uniform = _torch_uniform(x.shape[-1])
     kernel_init = nn.initializers.zeros if self.zero_kernel else uniform
     return nn.Dense(self.features, kernel_init=kernel_init, bias_init=uniform)(
         x.astype(jnp.float32))
@@ -375,10 +373,16 @@ def linear_head(variables, num_classes: int):
 def _torch_linear(key, d_in: int, d_out: int) -> dict:
   """A torch nn.Linear(d_in, d_out)'s default initialisation: kernel [d_in, d_out] and bias,
   both uniform in +-1/sqrt(d_in)."""
-  bound = 1.0 / np.sqrt(d_in)
   kw, kb = jax.random.split(key)
-  return {"kernel": jax.random.uniform(kw, (d_in, d_out), minval=-bound, maxval=bound),
-          "bias": jax.random.uniform(kb, (d_out,), minval=-bound, maxval=bound)}
+  uniform = _torch_uniform(d_in)
+  return {"kernel": uniform(kw, (d_in, d_out)), "bias": uniform(kb, (d_out,))}
+
+
+def _torch_uniform(fan_in: int):
+  """torch nn.Linear's default initialiser: uniform in +-1/sqrt(fan_in)."""
+  bound = 1.0 / np.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                  bound)
 
 
 def rho_weights(rho):
