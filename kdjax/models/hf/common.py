@@ -17,6 +17,15 @@ architecture to Flax linen and converts its safetensors weights. It provides:
       reads every weight it uses with `tensors.take(name)` and skips on purpose with
       `tensors.skip(prefix)`; the loader then fails on anything left unused, missing or
       mis-shaped, naming the tensors.
+An exportable family (kdjax.export --format=hf) also provides:
+  hf_export(config, variables) -> (export config, architecture, export variables)
+      config: the run's config.json; variables: the Flax variables of the run's backbone (as
+      `build(config, keys without the head, num_classes=None)` made it) with the run's head
+      "classifier" (on the backbone's `features`). Returns the config.json to write, the
+      transformers `<X>ForImageClassification` class name, and the variables of
+      `build(that config, hf_layout(...), num_classes=None)` giving the same logits; a
+      UserError naming the formats that export any run where transformers cannot.
+  hf_layout(config, num_classes) -> {name: (shape, dtype)}: that class's state dict.
 """
 
 import flax.linen as nn
@@ -59,6 +68,7 @@ class Tensors:
   def __init__(self, arrays: dict[str, np.ndarray], prefixes: tuple[str, ...] = ()):
     self._arrays = arrays
     self._unused = set(arrays)
+    self._skipped = set()
     self._prefixes = prefixes
 
   def _resolve(self, name: str) -> str:
@@ -77,15 +87,23 @@ class Tensors:
   def take(self, name: str) -> np.ndarray:
     full = self._resolve(name)
     self._unused.discard(full)
+    self._skipped.discard(full)
     return np.asarray(self._arrays[full], dtype=np.float32)
 
   def skip(self, prefix: str) -> None:
     """Marks the tensors starting with `prefix` (after any known prefix) as skipped."""
     for p in ("", *self._prefixes):
-      self._unused -= {k for k in self._unused if k.startswith(p + prefix)}
+      names = {k for k in self._unused if k.startswith(p + prefix)}
+      self._unused -= names
+      self._skipped |= names
 
   def unused(self) -> list[str]:
     return sorted(self._unused)
+
+  def skipped(self) -> list[str]:
+    """The tensors skipped on purpose and never taken (e.g. DINOv2's mask token): an export
+    writes them as zeros."""
+    return sorted(self._skipped)
 
 
 def conv_kernel(w: np.ndarray) -> np.ndarray:

@@ -244,3 +244,51 @@ def convert(tensors: Tensors, module: MobileNetV2) -> dict:
   # DeepLabV3 checkpoints (MobileNetV2ForSemanticSegmentation) load as their backbone.
   tensors.skip("segmentation_head")
   return {"params": params, "batch_stats": stats}
+
+
+# ------------------------------------------------------------------------------ export
+
+HF_CLASSIFIER = "MobileNetV2ForImageClassification"
+
+
+def hf_export(config: dict, variables: dict) -> tuple[dict, str, dict]:
+  """(config.json, architecture, variables) of the run's backbone + head as transformers'
+  MobileNetV2ForImageClassification: the same network for every config (output_stride and a
+  DeepLabV3 backbone's settings included), its head on the pooled last feature map as
+  HubClassifier's; see common.py."""
+  return dict(config), HF_CLASSIFIER, variables
+
+
+def hf_layout(config: dict, num_classes: int) -> dict[str, tuple[tuple[int, ...], str]]:
+  """name -> (shape, dtype) of every tensor of transformers' MobileNetV2ForImageClassification
+  with `num_classes` labels for `config` (its state dict; tested equal to transformers'): what
+  kdjax.export writes, through `convert` run backwards."""
+  module = build(config, ())
+  out = {}
+
+  def conv_layer(name: str, cout: int, cin: int, kernel: int, groups: int = 1):
+    prefix = "mobilenet_v2." + name
+    out[prefix + ".convolution.weight"] = ((cout, cin // groups, kernel, kernel), "float32")
+    for n in ("weight", "bias", "running_mean", "running_var"):
+      out[f"{prefix}.normalization.{n}"] = ((cout,), "float32")
+    out[prefix + ".normalization.num_batches_tracked"] = ((), "int64")
+
+  channels = [module.depth(c) for c in CHANNELS]
+  expanded = module.depth(32)
+  conv_layer("conv_stem.first_conv", expanded, int(config.get("num_channels", 3)), 3)
+  if not module.first_layer_is_expansion:
+    conv_layer("conv_stem.expand_1x1", expanded, expanded, 1)
+  conv_layer("conv_stem.conv_3x3", expanded, expanded, 3, groups=expanded)
+  conv_layer("conv_stem.reduce_1x1", channels[0], expanded, 1)
+  for i in range(NUM_LAYERS):
+    expanded = make_divisible(int(round(channels[i] * module.expand_ratio)),
+                              module.depth_divisible_by, module.min_depth)
+    conv_layer(f"layer.{i}.expand_1x1", expanded, channels[i], 1)
+    conv_layer(f"layer.{i}.conv_3x3", expanded, expanded, 3, groups=expanded)
+    conv_layer(f"layer.{i}.reduce_1x1", channels[i + 1], expanded, 1)
+  last = (1280 if module.finegrained_output and module.depth_multiplier < 1.0
+          else module.depth(1280))
+  conv_layer("conv_1x1", last, channels[-1], 1)
+  out["classifier.weight"] = ((num_classes, last), "float32")
+  out["classifier.bias"] = ((num_classes,), "float32")
+  return out

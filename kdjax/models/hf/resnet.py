@@ -151,6 +151,13 @@ def convert(tensors: common.Tensors, module: ResNet) -> dict:
 HF_CLASSIFIER = "ResNetForImageClassification"
 
 
+def hf_export(config: dict, variables: dict) -> tuple[dict, str, dict]:
+  """(config.json, architecture, variables) of the run's backbone + head as transformers'
+  ResNetForImageClassification: the same network, its head on the pooled last feature map as
+  HubClassifier's; see common.py."""
+  return dict(config), HF_CLASSIFIER, variables
+
+
 def hf_layout(config: dict, num_classes: int) -> dict[str, tuple[tuple[int, ...], str]]:
   """name -> (shape, dtype) of every tensor of transformers' ResNetForImageClassification with
   `num_classes` labels for `config` (its state dict; tested equal to transformers'): what
