@@ -3,8 +3,8 @@
 image tower (Radford et al., arXiv 2103.00020), with converters from their safetensors
 checkpoints (e.g. google/vit-base-patch16-224, facebook/dinov2-base, openai/clip-vit-base-patch32).
 This module is the family (the contract in common.py): `build` reads the config.json, `convert`
-maps the checkpoint's tensors onto the Flax parameters, `hf_layout` gives the exported
-ViTForImageClassification's tensors; the Flax modules are vit_encoder.py's.
+maps the checkpoint's tensors onto the Flax parameters, `hf_export` and `hf_layout` give a run's
+export as the family's <X>ForImageClassification; the Flax modules are vit_encoder.py's.
 
 One encoder serves all three; the families differ only in options:
   ViT     `ViTModel` (+ optional tanh pooler), `ViTForImageClassification` (head on CLS).
@@ -189,42 +189,146 @@ def convert(tensors: Tensors, module: VisionTransformer) -> dict:
   return {"params": params}
 
 
-# ------------------------------------------------------------------------------ export layout
+# ------------------------------------------------------------------------------ export
 
-HF_CLASSIFIER = "ViTForImageClassification"  # the one family of this module exported
+HF_CLASSIFIER = "ViTForImageClassification"  # model_type "vit"
+HF_CLASSIFIERS = {"vit": HF_CLASSIFIER, "dinov2": "Dinov2ForImageClassification",
+                  "clip": "CLIPForImageClassification"}
+OTHER_FORMATS = "--format=stablehlo (any run) or --format=onnx"
+# A clip_vision_model config.json's keys that belong to the CLIPConfig around it, not to its
+# vision_config (the head's labels, the architecture, the file's own bookkeeping).
+_TOP_LEVEL = ("architectures", "id2label", "label2id", "num_labels", "torch_dtype", "dtype",
+              "transformers_version", "_name_or_path", "model_type")
+
+
+def _run_backbone(config: dict, params: dict) -> VisionTransformer:
+  """The run's backbone module, as `build` made it from the checkpoint's names: its optional
+  parts exist exactly when their parameters do (DINOv2's [CLS, patch mean] features come from
+  the head's input size)."""
+  family, c = family_config(config)
+  keys = {"pooler.dense.weight"} if "pooler" in params else set()
+  if "visual_projection" in params:
+    keys.add("visual_projection.weight")
+  if family == "dinov2" and params["classifier"]["kernel"].shape[0] == 2 * c["hidden_size"]:
+    keys.add("dinov2.layernorm.weight")  # a Dinov2ForImageClassification backbone
+  return build(config, frozenset(keys))
+
+
+def _clip_config(config: dict) -> dict:
+  """A CLIPConfig config.json (CLIPForImageClassification takes one) of a CLIP config.json."""
+  if config.get("model_type") == "clip":
+    return dict(config)
+  vision = {k: v for k, v in config.items() if k not in _TOP_LEVEL}
+  top = {k: v for k, v in config.items() if k in _TOP_LEVEL and k != "model_type"}
+  return {**top, "model_type": "clip", "vision_config": vision}
+
+
+def hf_export(config: dict, variables: dict) -> tuple[dict, str, dict]:
+  """(config.json, architecture, variables) of the run's backbone + head as transformers'
+  <X>ForImageClassification, giving the run's logits exactly (see common.py):
+  - ViT: ViTForImageClassification reads CLS, as the run; a pooler (ViTModel) is dropped.
+  - DINOv2: Dinov2ForImageClassification reads [CLS, patch mean]; a run on CLS alone (a
+    Dinov2Model backbone) gets zero weights for the mean.
+  - CLIP: CLIPForImageClassification (a CLIPConfig) reads the patch-token mean, which only a
+    CLIPForImageClassification backbone's run reads; any other CLIP run (its head on the
+    normalised CLS, `pooler_output`) is refused, naming the formats that export it."""
+  family, c = family_config(config)
+  params = dict(variables["params"])
+  backbone = _run_backbone(config, params)
+  d = c["hidden_size"]
+  rows = int(params["classifier"]["kernel"].shape[0])
+  want = 2 * d if backbone.features_from == "cls_mean" else d
+  if rows != want:
+    raise errors.UserError(f"export: the run's head reads {rows} features, its {family} "
+                           f"backbone gives {want}")
+  params.pop("pooler", None)  # not what the head reads; transformers' head model has none
+  params.pop("visual_projection", None)
+  if family == "dinov2" and backbone.features_from == "cls":
+    head = params["classifier"]
+    kernel = np.asarray(head["kernel"], np.float32)
+    params["classifier"] = {**head, "kernel": np.concatenate([kernel, np.zeros_like(kernel)])}
+  if family == "clip" and backbone.features_from != "patch_mean":
+    raise errors.UserError(
+        "this CLIP run's head reads the normalised CLS token (pooler_output, as CLIPVisionModel "
+        "and CLIPModel give it), but transformers' only CLIP classifier, "
+        "CLIPForImageClassification, reads the mean of the patch tokens before that norm: no "
+        "Hugging Face checkpoint gives this run's logits, so --format=hf cannot write it; "
+        f"export it with {OTHER_FORMATS}")
+  architecture = HF_CLASSIFIERS[family]
+  out = _clip_config(config) if family == "clip" else dict(config)
+  out["architectures"] = [architecture]  # build() reads the head model's features from it
+  return out, architecture, {**variables, "params": params}
 
 
 def hf_layout(config: dict, num_classes: int) -> dict[str, tuple[tuple[int, ...], str]]:
-  """name -> (shape, dtype) of every tensor of transformers' ViTForImageClassification (no
-  pooler, as HF builds it) with `num_classes` labels for `config` (tested equal to
-  transformers' state dict): what kdjax.export writes, through `convert` run backwards."""
+  """name -> (shape, dtype) of every tensor of transformers' <X>ForImageClassification
+  (HF_CLASSIFIERS; ViT without pooler, as HF builds it) with `num_classes` labels for `config`
+  (tested equal to transformers' state dict): what kdjax.export writes, through `convert` run
+  backwards (DINOv2's mask token, unused by the classifier, as zeros)."""
   family, c = family_config(config)
-  if family != "vit":
-    raise errors.UserError(f"exporting a {family!r} model is not supported yet; exportable "
-                           "Hub architectures: ResNet and ViT")
-  d, mlp, p = c["hidden_size"], c["intermediate_size"], _pair(c["patch_size"])
-  tokens = 1 + (_pair(c["image_size"])[0] // p[0]) * (_pair(c["image_size"])[1] // p[1])
+  d, p = c["hidden_size"], _pair(c["patch_size"])
+  grid = [s // q for s, q in zip(_pair(c["image_size"]), p)]
+  tokens = 1 + grid[0] * grid[1]
+  channels = c.get("num_channels", 3)
   f = "float32"
-  out = {"vit.embeddings.cls_token": ((1, 1, d), f),
-         "vit.embeddings.position_embeddings": ((1, tokens, d), f),
-         "vit.embeddings.patch_embeddings.projection.weight": ((d, c.get("num_channels", 3),
-                                                                *p), f),
-         "vit.embeddings.patch_embeddings.projection.bias": ((d,), f)}
+  out = {}
 
   def dense(name, n_out, n_in, bias=True):
     out[name + ".weight"] = ((n_out, n_in), f)
     if bias:
       out[name + ".bias"] = ((n_out,), f)
 
+  def norm(name):
+    out[name + ".weight"] = out[name + ".bias"] = ((d,), f)
+
+  if family == "clip":
+    pre = "vision_model."
+    out.update({pre + "embeddings.class_embedding": ((d,), f),
+                pre + "embeddings.patch_embedding.weight": ((d, channels, *p), f),
+                pre + "embeddings.position_embedding.weight": ((tokens, d), f)})
+    norm(pre + "pre_layrnorm")
+    for i in range(c["num_hidden_layers"]):
+      p_ = f"{pre}encoder.layers.{i}."
+      for n in ("k", "v", "q", "out"):
+        dense(f"{p_}self_attn.{n}_proj", d, d)
+      norm(p_ + "layer_norm1")
+      dense(p_ + "mlp.fc1", c["intermediate_size"], d)
+      dense(p_ + "mlp.fc2", d, c["intermediate_size"])
+      norm(p_ + "layer_norm2")
+    norm(pre + "post_layernorm")
+    dense("classifier", num_classes, d)
+    return out
+
+  pre = f"{family}."
+  out.update({pre + "embeddings.cls_token": ((1, 1, d), f)})
+  if family == "dinov2":
+    out[pre + "embeddings.mask_token"] = ((1, d), f)
+  out.update({pre + "embeddings.position_embeddings": ((1, tokens, d), f),
+              pre + "embeddings.patch_embeddings.projection.weight": ((d, channels, *p), f),
+              pre + "embeddings.patch_embeddings.projection.bias": ((d,), f)})
   for i in range(c["num_hidden_layers"]):
-    p_ = f"vit.encoder.layer.{i}."
+    p_ = f"{pre}encoder.layer.{i}."
     for n in ("query", "key", "value"):
       dense(p_ + "attention.attention." + n, d, d, c["qkv_bias"])
     dense(p_ + "attention.output.dense", d, d)
-    dense(p_ + "intermediate.dense", mlp, d)
-    dense(p_ + "output.dense", d, mlp)
-    for n in ("layernorm_before", "layernorm_after"):
-      out[p_ + n + ".weight"] = out[p_ + n + ".bias"] = ((d,), f)
-  out["vit.layernorm.weight"] = out["vit.layernorm.bias"] = ((d,), f)
-  dense("classifier", num_classes, d)
+    if family == "vit":
+      norm(p_ + "layernorm_before")
+      dense(p_ + "intermediate.dense", c["intermediate_size"], d)
+      dense(p_ + "output.dense", d, c["intermediate_size"])
+      norm(p_ + "layernorm_after")
+      continue
+    norm(p_ + "norm1")
+    out[p_ + "layer_scale1.lambda1"] = ((d,), f)
+    norm(p_ + "norm2")
+    mlp = int(d * c["mlp_ratio"])
+    if c["use_swiglu_ffn"]:
+      mlp = (int(mlp * 2 / 3) + 7) // 8 * 8
+      dense(p_ + "mlp.weights_in", 2 * mlp, d)
+      dense(p_ + "mlp.weights_out", d, mlp)
+    else:
+      dense(p_ + "mlp.fc1", mlp, d)
+      dense(p_ + "mlp.fc2", d, mlp)
+    out[p_ + "layer_scale2.lambda1"] = ((d,), f)
+  norm(pre + "layernorm")
+  dense("classifier", num_classes, 2 * d if family == "dinov2" else d)
   return out
