@@ -104,6 +104,7 @@ def _model() -> ml_collections.ConfigDict:
   c.cifar_strides = True  # MobileNetV2: stride 1 in the stem and first stride-2 stage
   c.dropout_rate = 0.2  # MobileNetV2 classifier dropout
   # auto: kdjax's CPU convolution (kdjax/models/cpu_conv.py) on CPU, XLA's elsewhere | xla | cpu
+  # | portable: decided where the compiled program runs (exported programs)
   c.conv_impl = "auto"
   c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
   # Hub id or local directory: start from these weights (a kdjax Flax port of the HF model)

@@ -16,7 +16,7 @@ from kdjax.models.students import cifar, mobilenet_v2, resnet
 from kdjax.sharding import PARAM_SHARDINGS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype (compute)
-CONV_IMPLS = ("auto", "cpu", "xla")  # model.conv_impl (see conv_function)
+CONV_IMPLS = ("auto", "cpu", "xla", "portable")  # model.conv_impl (see conv_function)
 
 
 def _resnet18(num_classes, cfg, dtype, conv):
@@ -114,8 +114,18 @@ def build(cfg: ml_collections.ConfigDict, num_classes: int, hf_config: dict | No
   return STUDENTS[cfg.name](num_classes, cfg, dtype, conv)
 
 
+def portable_conv(lhs, rhs, *args, **kwargs):
+  """kdjax's CPU convolution where the compiled program runs on a CPU, XLA's elsewhere, chosen
+  when it runs (`lax.platform_dependent`): for programs exported for several platforms."""
+  return jax.lax.platform_dependent(
+      lhs, rhs, cpu=lambda x, w: cpu_conv.conv_general_dilated(x, w, *args, **kwargs),
+      default=lambda x, w: jax.lax.conv_general_dilated(x, w, *args, **kwargs))
+
+
 def conv_function(impl: str):
-  """The `conv_general_dilated` for nn.Conv: kdjax's CPU conv on CPU (impl 'auto'), or lax."""
+  """The `conv_general_dilated` for nn.Conv: kdjax's CPU conv on CPU (impl 'auto'), lax's, or
+  'portable' (either, decided by the platform the program runs on: exported programs)."""
   if impl == "auto":
     impl = "cpu" if jax.default_backend() == "cpu" else "xla"
-  return {"cpu": cpu_conv.conv_general_dilated, "xla": jax.lax.conv_general_dilated}[impl]
+  return {"cpu": cpu_conv.conv_general_dilated, "xla": jax.lax.conv_general_dilated,
+          "portable": portable_conv}[impl]

@@ -1,5 +1,6 @@
-"""kdjax.export: a run of a Hub architecture (model.name=hub + model.hub_config) as a Hugging Face
-checkpoint directory that transformers (PyTorch) and kdjax.hf.pretrained load to the run's logits.
+"""kdjax.export --format=hf: a run of a Hub architecture (model.name=hub + model.hub_config) as a
+Hugging Face checkpoint directory that transformers (PyTorch) and kdjax.hf.pretrained load to the
+run's logits (kdjax's students and adapted teachers: test_export_serving.py).
 
 transformers' PyTorch models are the oracle: hf_layout must be their state dict, name for name;
 weights mapped by export must give their logits. Every architecture is tiny and random.
@@ -259,16 +260,18 @@ def test_exported_run_gives_the_runs_logits_in_transformers_and_kdjax(exported, 
 # ------------------------------------------------------------------------------ refusals
 
 
-def test_a_kdjax_student_run_is_refused(export, tfds_dir, tmp_path):
+def test_a_cifar_stem_student_run_is_refused_naming_the_formats_that_work(export, tfds_dir,
+                                                                          tmp_path):
   run_dir, out = tmp_path / "student", tmp_path / "out"
   # one step, no test split: a real run directory of kdjax's ResNet-18, compiled quickly
   trainer.train_and_evaluate(tiny_config(tfds_dir, **{"total_steps": 1, "data.test_split": "",
                                                     "checkpoint_every_steps": 1}), str(run_dir))
-  assert json.loads((run_dir / "config.json").read_text())["model"]["name"] == "resnet18"
-  with pytest.raises(errors.UserError, match="not a kdjax run of a Hugging Face architecture "
-                     r"\(no hf_config.json\).*students are not exportable"):
+  run = json.loads((run_dir / "config.json").read_text())
+  assert (run["model"]["name"], run["model"]["stem"]) == ("resnet18", "cifar")
+  with pytest.raises(errors.UserError, match="model.stem='cifar'.*no Hugging Face transformers "
+                     "architecture.*--format=stablehlo.*--format=onnx"):
     export.to_hf(str(run_dir), str(out))
-  assert not out.exists() and not (run_dir / "hf_config.json").exists()
+  assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".")]
 
 
 def test_cli_missing_out_is_one_line_and_exit_2(tmp_path):

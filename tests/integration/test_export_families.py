@@ -132,19 +132,6 @@ def _run(case: str, x: np.ndarray):
   return family, config, head_variables, np.asarray(logits)
 
 
-def _hf_tensors(family, config: dict, layout: dict, variables: dict) -> dict:
-  """kdjax.export.hf_tensors, with the float tensors the converter skips (DINOv2's mask token,
-  unused by the classifier) left out of its layout and written as zeros: hf_tensors requires
-  every float tensor written exactly once (see test_dinov2_mask_token_is_written_by_hf_tensors)."""
-  zeros = {n: np.zeros(s, d) for n, (s, d) in layout.items()}
-  tensors = common.Tensors(zeros, getattr(family, "PREFIXES", ()))
-  family.convert(tensors, family.build(config, frozenset(layout), num_classes=None))
-  skipped = {n for n in tensors.skipped() if layout[n][1] == "float32"}
-  traced = {n: v for n, v in layout.items() if n not in skipped}
-  return {**export_module.hf_tensors(family, config, traced, variables),
-          **{n: zeros[n] for n in skipped}}
-
-
 # ------------------------------------------------------------------------------ hf_layout
 
 
@@ -184,7 +171,7 @@ def _check_exports(cases, shape, tmp_path):
     assert architecture == ARCHITECTURES[config["model_type"]], case
     config = _exported_config(export_config, architecture)
     layout = family.hf_layout(config, C)
-    tensors = _hf_tensors(family, config, layout, export_variables)
+    tensors = export_module.hf_tensors(family, config, layout, export_variables)
     assert {n: (v.shape, str(v.dtype)) for n, v in tensors.items()} == {
         n: (tuple(s), d) for n, (s, d) in layout.items()}, case
     module = family.build(config, frozenset(layout), num_classes=None)
@@ -261,8 +248,6 @@ def test_a_head_of_another_width_is_refused():
     vit.hf_export(config, _head_variables(config, rows=24))
 
 
-@pytest.mark.xfail(strict=True, reason="kdjax.export.hf_tensors requires every float tensor "
-                   "written once; DINOv2's mask token (skipped by the converter) is not")
 def test_dinov2_mask_token_is_written_by_hf_tensors():
   x = np.zeros((1, 16, 16, 3), np.float32)
   family, config, variables, _ = _run("dinov2_model", x)

@@ -18,7 +18,7 @@ LAYERS = [
     ("distill",),
     ("evaluators", "validate"),
     ("train",),
-    ("export", "generate", "main", "tools"),
+    ("export", "generate", "main", "predict", "tools"),
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 PACKAGE = os.path.join(REPO, "kdjax")
