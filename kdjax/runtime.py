@@ -64,13 +64,17 @@ def initialize_distributed() -> None:
 
 class QuietLibraries(logging.Filter):
   """Drops the libraries' INFO chatter (orbax: dozens of lines per checkpoint; TFDS: a line per
-  dataset opened; JAX: the accelerator plugins it did not find) and warnings that are expected
-  here (orbax on reading other runs' checkpoints read-only, which kdjax does on purpose; TFDS
-  decoding PNGs without OpenCV); keeps every other warning and error."""
+  dataset opened; JAX: the accelerator plugins it did not find; jax2onnx, onnx_ir: their
+  passes) and warnings that are expected here (orbax on reading other runs' checkpoints
+  read-only, which kdjax does on purpose; TFDS decoding PNGs without OpenCV; jax2onnx's plugins
+  for libraries not installed); keeps every other warning and error."""
 
-  LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/xla_bridge")
+  LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/xla_bridge", "/jax2onnx/",
+               "/onnx_ir/")
   EXPECTED = ("read_only=True", "directory is read only", "Metadata file does not exist",
-              "OpenCV is not installed")
+              "OpenCV is not installed",
+              # jax2onnx's plugins for libraries kdjax does not install (equinox, dm_pix)
+              "Skipping import of jax2onnx.", "Skipping pkgutil import of jax2onnx.")
 
   def filter(self, record):
     if record.levelno >= logging.ERROR or not any(lib in record.pathname

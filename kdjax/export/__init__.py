@@ -9,9 +9,10 @@
 """
 
 from kdjax.export.hf import hf_tensors, student_as_hub, to_hf, trace
+from kdjax.export.onnx import to_onnx
 from kdjax.export.stablehlo import to_stablehlo
 
-FORMATS = {"hf": to_hf, "stablehlo": to_stablehlo}
+FORMATS = {"hf": to_hf, "stablehlo": to_stablehlo, "onnx": to_onnx}
 
 
 def export(workdir, out, format: str = "hf", overwrite: bool = False) -> dict:  # noqa: A002
@@ -19,5 +20,5 @@ def export(workdir, out, format: str = "hf", overwrite: bool = False) -> dict:  
   return FORMATS[format](workdir, out, overwrite=overwrite)
 
 
-__all__ = ["FORMATS", "export", "hf_tensors", "student_as_hub", "to_hf", "to_stablehlo",
-           "trace"]
+__all__ = ["FORMATS", "export", "hf_tensors", "student_as_hub", "to_hf", "to_onnx",
+           "to_stablehlo", "trace"]

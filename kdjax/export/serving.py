@@ -89,15 +89,16 @@ def stored_shape(data: dict) -> tuple[int, int, int]:
   return tuple(int(d) for d in shape)
 
 
-def load(workdir, conv_impl: str = "portable") -> Servable:
-  """The servable of run `workdir` (its latest checkpoint)."""
+def load(workdir, conv_impl: str = "portable", dtype: str | None = None) -> Servable:
+  """The servable of run `workdir` (its latest checkpoint), computing in `dtype` (None: the
+  run's `model.dtype`)."""
   workdir = Path(workdir).resolve()
   if not (workdir / "config.json").is_file() or not (workdir / "checkpoints").is_dir():
     raise errors.UserError(f"{workdir} is not a kdjax run directory (no config.json and "
                            "checkpoints/)")
   run = json.loads((workdir / "config.json").read_text())
   records.latest_step(workdir)  # a clear error when nothing is saved yet
-  teacher = pretrained.load(str(workdir), dtype=run["model"].get("dtype", "float32"),
+  teacher = pretrained.load(str(workdir), dtype=dtype or run["model"].get("dtype", "float32"),
                             conv_impl=conv_impl, on_host=True)
   shape = stored_shape(run["data"])
   out = jax.eval_shape(lambda v, x: teacher.apply(v, augment.preprocess_eval(

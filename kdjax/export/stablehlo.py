@@ -44,6 +44,19 @@ def export_forward(servable: serving.Servable, dtype: str, platforms=PLATFORMS):
   return jax.export.export(fn, platforms=tuple(platforms))(spec)
 
 
+def serving_spec(servable: serving.Servable, fmt: str, files: dict) -> dict:
+  """serving.json: the format, its files by input dtype, the input spec, the outputs, the class
+  names, how a decoded image becomes a stored one (`load`) and the jax version."""
+  shape = servable.input_shape
+  return {"format": fmt, "files": files,
+          "input": {"shape": ["batch", *shape], "layout": "NHWC",
+                    "channels": "RGB" if shape[-1] == 3 else
+                    "RGB + canvas mask (kdjax.data.sources.resize_on_load)",
+                    "ranges": serving.INPUT_RANGES},
+          "outputs": list(OUTPUTS), "class_names": servable.class_names,
+          "load": servable.load, "jax_version": jax.__version__}
+
+
 def to_stablehlo(workdir, out, overwrite: bool = False, platforms=PLATFORMS) -> dict:
   """Writes run `workdir`'s eval forward as serialized StableHLO in `out`; returns the record."""
   workdir, out = Path(workdir).resolve(), Path(out).resolve()
@@ -51,15 +64,9 @@ def to_stablehlo(workdir, out, overwrite: bool = False, platforms=PLATFORMS) -> 
   servable = serving.load(workdir)
   blobs = {dtype: export_forward(servable, dtype, platforms).serialize()
            for dtype in serving.INPUT_RANGES}
-  architecture = run["model"]["name"]
-  record = records.record(workdir, "stablehlo", architecture, servable.num_classes)
-  spec = {"format": "stablehlo", "files": {d: file_name(d) for d in blobs},
-          "input": {"shape": ["batch", *servable.input_shape], "layout": "NHWC",
-                    "channels": "RGB" if servable.input_shape[-1] == 3 else
-                    "RGB + canvas mask (kdjax.data.sources.resize_on_load)",
-                    "ranges": serving.INPUT_RANGES},
-          "outputs": list(OUTPUTS), "class_names": servable.class_names,
-          "load": servable.load, "platforms": list(platforms), "jax_version": jax.__version__}
+  record = records.record(workdir, "stablehlo", run["model"]["name"], servable.num_classes)
+  spec = serving_spec(servable, "stablehlo", {d: file_name(d) for d in blobs})
+  spec["platforms"] = list(platforms)
 
   def fill(tmp: Path):
     for dtype, blob in blobs.items():

@@ -1,9 +1,11 @@
-"""Export and serve: a kdjax student (ImageNet stem, trained from scratch) and an adapted teacher
-(a linear probe of a tiny Hub ResNet) leave kdjax as a Hugging Face checkpoint (PyTorch is the
-oracle), as StableHLO (reloaded in a process that never imports kdjax) and through
+"""Export and serve: kdjax students trained from scratch (ResNet-18 with the ImageNet stem, which
+transformers has, and with the CIFAR stem, which it has not) and an adapted teacher (a linear
+probe of a tiny Hub ResNet) leave kdjax as a Hugging Face checkpoint (PyTorch is the oracle), as
+StableHLO (reloaded in a process that never imports kdjax), as ONNX (onnxruntime) and through
 `kdjax.predict`, which must reproduce each run's test accuracy exactly from image files.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -19,8 +21,9 @@ from conftest import run_python, tiny_config
 from PIL import Image
 
 from kdjax import errors, export, predict
-from kdjax.data import sources
+from kdjax.data import augment, sources
 from kdjax.export import hf as hf_export
+from kdjax.export import onnx as onnx_export
 from kdjax.export import serving
 from kdjax.hf import pretrained
 from kdjax.models.students import mobilenet_v2, resnet
@@ -43,6 +46,12 @@ def _run(tmp_path_factory, tfds_dir, name, **overrides):
 def student_run(tmp_path_factory, tfds_dir):
   """kdjax's ResNet-18 (ImageNet stem, width 8) trained from scratch: HF has its architecture."""
   return _run(tmp_path_factory, tfds_dir, "student", **{"model.stem": "imagenet"})
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory, tfds_dir):
+  """kdjax's ResNet-18 with the CIFAR stem: no transformers architecture (stablehlo and onnx)."""
+  return _run(tmp_path_factory, tfds_dir, "cifar", **{"model.stem": "cifar"})
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +178,7 @@ print("platforms", ",".join(exported.platforms), "shape", exported.in_avals[0].s
 """
 
 
-@pytest.mark.parametrize("which", ["student_run", "probe_run"])
+@pytest.mark.parametrize("which", ["student_run", "cifar_run", "probe_run"])
 def test_stablehlo_reloads_without_kdjax_to_the_runs_logits(which, request, tmp_path):
   workdir, _ = request.getfixturevalue(which)
   out = tmp_path / "stablehlo"
@@ -197,17 +206,60 @@ def test_stablehlo_reloads_without_kdjax_to_the_runs_logits(which, request, tmp_
                                      "model.uint8.stablehlo", "serving.json"]
 
 
+# ------------------------------------------------------------------------------ onnx
+
+
+@pytest.mark.parametrize("which", ["student_run", "cifar_run", "probe_run"])
+def test_onnx_runs_in_onnxruntime_to_the_runs_logits(which, request, tmp_path):
+  workdir, _ = request.getfixturevalue(which)
+  out = tmp_path / "onnx"
+  record = export.export(workdir, out, "onnx")
+  servable = serving.load(workdir)
+  images = np.random.RandomState(0).randint(0, 256, (5, SIZE, SIZE, 3)).astype(np.uint8)
+  expected = np.asarray(jax.jit(servable.forward)(servable.variables, images)[0])
+  for dtype, x in (("uint8", images), ("float32", images / np.float32(255))):
+    session, spec = onnx_export.load(out, dtype)
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert session.get_inputs()[0].shape[0] == "batch"  # symbolic
+    for n in (1, 5):
+      logits, probs = session.run(["logits", "probabilities"], {"images": x[:n]})
+      np.testing.assert_allclose(logits, expected[:n], atol=TOL, rtol=0, err_msg=dtype)
+      np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-5)
+  assert spec["format"] == "onnx" and spec["class_names"] == servable.class_names
+  assert record["format"] == "onnx"
+  assert sorted(os.listdir(out)) == ["kdjax_export.json", "model.float32.onnx",
+                                     "model.uint8.onnx", "serving.json"]
+
+
+def test_onnx_converter_resizes_with_antialiasing_as_jax(tmp_path):
+  """The eval view's resize (down and up, antialiased) converts to the same pixels: the runs above
+  store images at their input size, so their graphs have no resize."""
+  import onnxruntime
+
+  convert = onnx_export._converter()
+  x = np.random.RandomState(0).uniform(0, 255, (3, 21, 21, 3)).astype(np.float32)
+  for size in (12, 32):
+    fn = functools.partial(augment.resize, size=size)
+    path = str(tmp_path / f"resize{size}.onnx")
+    convert(fn, [jax.ShapeDtypeStruct(("batch", 21, 21, 3), np.float32)], return_mode="file",
+            output_path=path, input_names=["x"], output_names=["y"])
+    got = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    np.testing.assert_allclose(got, np.asarray(fn(x)), atol=1e-3, rtol=0)
+
+
 # ------------------------------------------------------------------------------ predict
 
 
-def test_predict_reproduces_the_runs_test_accuracy_from_every_format(student_run, probe_run,
-                                                                     test_images, tmp_path):
+def test_predict_reproduces_the_runs_test_accuracy_from_every_format(
+    student_run, cifar_run, probe_run, test_images, tmp_path):
   directory, images, labels = test_images
-  for workdir, metrics in (student_run, probe_run):
+  for workdir, metrics in (student_run, cifar_run, probe_run):
     name = workdir.parent.name
+    formats = ("stablehlo", "onnx") + (("hf",) if name.startswith(("student", "probe")) else ())
     exports = {fmt: export.export(workdir, tmp_path / f"{name}_{fmt}", fmt) and
-               tmp_path / f"{name}_{fmt}" for fmt in ("stablehlo", "hf")}
-    for model in (exports["stablehlo"], workdir, exports["hf"]):
+               tmp_path / f"{name}_{fmt}" for fmt in formats}
+    for model in (workdir, *exports.values()):
       results = predict.predict(str(model), [str(directory)], top_k=3, batch_size=128)
       assert [os.path.basename(r["file"]) for r in results] == sorted(os.listdir(directory))
       assert _accuracy(results, labels) == metrics["test/accuracy"], (name, model)
