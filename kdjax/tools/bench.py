@@ -36,10 +36,8 @@ steps and timers are kdjax/tools/bench_rows.py.
 
 import json
 import os
-import platform
 import sys
 
-import flax
 import jax
 import ml_collections
 from absl import app, flags
@@ -84,28 +82,6 @@ def peak_flops(device) -> float | None:
   kind = getattr(device, "device_kind", "")
   return PEAK_FLOPS.get(kind) or next(
       (v for k, v in PEAK_FLOPS.items() if kind.startswith(k) and k.startswith("NVIDIA")), None)
-
-
-def machine_info() -> dict:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                 cpu)
-  except OSError:
-    pass
-  d = jax.devices()[0]
-  info = {"platform": d.platform, "device_kind": getattr(d, "device_kind", ""),
-          "num_devices": jax.device_count(), "cpu": cpu, "cpus": os.cpu_count(),
-          "python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-          "xla_flags": os.environ.get("XLA_FLAGS", "")}
-  try:
-    import torch
-
-    info["torch"] = torch.__version__
-  except ImportError:
-    pass
-  return info
 
 
 def matmul_gflops() -> float:
@@ -239,7 +215,7 @@ def main(argv):
   bench = bench_rows.Bench(config, batch, _NUM_CLASSES.value)
   peak = peak_flops(jax.devices()[0])
   result = {"command": " ".join(["python -m kdjax.tools.bench", *sys.argv[1:]]),
-            "machine": machine_info(), "batch": batch,
+            "machine": bench_rows.machine_info(), "batch": batch,
             "teacher_batch": _TEACHER_BATCH.value or batch, "teacher_size": _TEACHER_SIZE.value,
             "num_classes": _NUM_CLASSES.value, "student": config.model.to_dict(),
             "image_size": config.data.image_size, "optimizer": config.optimizer.to_dict(),

@@ -5,10 +5,12 @@ the timers."""
 
 import dataclasses
 import os
+import platform
 import statistics
 import tempfile
 import time
 
+import flax
 import jax
 import ml_collections
 
@@ -46,6 +48,38 @@ LOSSES = {  # name -> non-CE weights (every other distillation weight set to 0);
 ROW_KINDS = ("student", "teacher", "online", "cached")
 
 # ------------------------------------------------------------------------------ timers
+
+
+def machine_info() -> dict:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                 cpu)
+  except OSError:
+    pass
+  flags = set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = set(next((line.split(":", 1)[1].split() for line in f
+                        if line.startswith("flags")), []))
+  except OSError:
+    pass
+  d = jax.devices()[0]
+  info = {"platform": d.platform, "device_kind": getattr(d, "device_kind", ""),
+          "num_devices": jax.device_count(), "cpu": cpu, "cpus": os.cpu_count(),
+          # the vector units that decide CPU speed here (lscpu's flags)
+          "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile",
+                                       "fma"}),
+          "python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  try:
+    import torch
+
+    info["torch"] = torch.__version__
+  except ImportError:
+    pass
+  return info
 
 
 def time_calls(fn, steps: int, warmup: int) -> dict:
