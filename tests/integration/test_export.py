@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import run_python, snapshot, tiny_config
+from conftest import run_python, snapshot
 
 from kdjax import configlib, errors
 from kdjax import export as export_module
@@ -258,20 +258,6 @@ def test_exported_run_gives_the_runs_logits_in_transformers_and_kdjax(exported, 
 
 
 # ------------------------------------------------------------------------------ refusals
-
-
-def test_a_cifar_stem_student_run_is_refused_naming_the_formats_that_work(export, tfds_dir,
-                                                                          tmp_path):
-  run_dir, out = tmp_path / "student", tmp_path / "out"
-  # one step, no test split: a real run directory of kdjax's ResNet-18, compiled quickly
-  trainer.train_and_evaluate(tiny_config(tfds_dir, **{"total_steps": 1, "data.test_split": "",
-                                                    "checkpoint_every_steps": 1}), str(run_dir))
-  run = json.loads((run_dir / "config.json").read_text())
-  assert (run["model"]["name"], run["model"]["stem"]) == ("resnet18", "cifar")
-  with pytest.raises(errors.UserError, match="model.stem='cifar'.*no Hugging Face transformers "
-                     "architecture.*--format=stablehlo.*--format=onnx"):
-    export.to_hf(str(run_dir), str(out))
-  assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".")]
 
 
 def test_cli_missing_out_is_one_line_and_exit_2(tmp_path):
