@@ -15,9 +15,10 @@ from kdjax.export.stablehlo import to_stablehlo
 FORMATS = {"hf": to_hf, "stablehlo": to_stablehlo, "onnx": to_onnx}
 
 
-def export(workdir, out, format: str = "hf", overwrite: bool = False) -> dict:  # noqa: A002
-  """Writes run `workdir` to `out` in `format` (FORMATS); returns the export's record."""
-  return FORMATS[format](workdir, out, overwrite=overwrite)
+def export(workdir, out, format: str = "hf", overwrite: bool = False, **options) -> dict:  # noqa: A002
+  """Writes run `workdir` to `out` in `format` (FORMATS); returns the export's record.
+  `options`: the format's own (stablehlo: `platforms`)."""
+  return FORMATS[format](workdir, out, overwrite=overwrite, **options)
 
 
 __all__ = ["FORMATS", "export", "hf_tensors", "student_as_hub", "to_hf", "to_onnx",

@@ -89,6 +89,13 @@ def test_images(student_run, tmp_path_factory):
   return directory, images, labels
 
 
+def _run_logits(workdir, n: int):
+  """(the run's servable, n random stored uint8 images, the run's logits on them)."""
+  servable = serving.load(workdir)
+  images = np.random.RandomState(0).randint(0, 256, (n, SIZE, SIZE, 3)).astype(np.uint8)
+  return servable, images, np.asarray(jax.jit(servable.forward)(servable.variables, images)[0])
+
+
 def _accuracy(results, labels) -> float:
   top1 = np.asarray([r["top"][0]["index"] for r in results])
   return float(np.mean(top1 == labels))
@@ -154,9 +161,7 @@ def test_a_cifar_stem_student_names_the_formats_that_work(cifar_run, tmp_path):
 def test_hf_export_gives_the_runs_logits_in_pytorch_and_kdjax(which, request, exported):
   workdir, metrics = request.getfixturevalue(which)
   out, record = exported(workdir, "hf")
-  servable = serving.load(workdir)
-  images = np.random.RandomState(0).randint(0, 256, (4, SIZE, SIZE, 3)).astype(np.uint8)
-  logits = np.asarray(jax.jit(servable.forward)(servable.variables, images)[0])
+  _, images, logits = _run_logits(workdir, 4)
   assert np.abs(logits).max() > 0.05
   reloaded = pretrained.load(str(out))
   pixels = np.asarray(reloaded.preprocess(images))  # load_size == image_size: no resize
@@ -202,9 +207,7 @@ print("platforms", ",".join(exported.platforms), "shape", exported.in_avals[0].s
 def test_stablehlo_reloads_without_kdjax_to_the_runs_logits(which, request, exported, tmp_path):
   workdir, _ = request.getfixturevalue(which)
   out, record = exported(workdir, "stablehlo")
-  servable = serving.load(workdir)
-  images = np.random.RandomState(0).randint(0, 256, (5, SIZE, SIZE, 3)).astype(np.uint8)
-  expected = np.asarray(jax.jit(servable.forward)(servable.variables, images)[0])
+  servable, images, expected = _run_logits(workdir, 5)
   np.savez(tmp_path / "inputs.npz", images=images)
   # outside the repository, without PYTHONPATH: kdjax cannot even be imported there
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -232,9 +235,7 @@ def test_stablehlo_reloads_without_kdjax_to_the_runs_logits(which, request, expo
 def test_onnx_runs_in_onnxruntime_to_the_runs_logits(which, request, exported):
   workdir, _ = request.getfixturevalue(which)
   out, record = exported(workdir, "onnx")
-  servable = serving.load(workdir)
-  images = np.random.RandomState(0).randint(0, 256, (5, SIZE, SIZE, 3)).astype(np.uint8)
-  expected = np.asarray(jax.jit(servable.forward)(servable.variables, images)[0])
+  servable, images, expected = _run_logits(workdir, 5)
   for dtype, x in (("uint8", images), ("float32", images / np.float32(255))):
     session, spec = onnx_export.load(out, dtype)
     assert [i.name for i in session.get_inputs()] == ["images"]
@@ -286,9 +287,14 @@ def test_predict_reproduces_the_runs_test_accuracy_from_every_format(
         serving.load(workdir).class_names)
 
 
-def test_predict_cli_lines_json_and_errors(student_run, test_images, exported, tmp_path):
+def test_export_and_predict_command_lines(student_run, test_images, tmp_path):
   workdir, _ = student_run
-  out, _ = exported(workdir, "stablehlo")
+  out = tmp_path / "shlo"
+  proc = run_python(["-m", "kdjax.export", f"--workdir={workdir}", f"--out={out}",
+                     "--format=stablehlo", "--platforms=cpu,tpu"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.startswith(f"wrote {out} (stablehlo): resnet18, 10 classes, step 8")
+  assert json.loads((out / "serving.json").read_text())["platforms"] == ["cpu", "tpu"]
   directory, _, _ = test_images
   files = sorted(os.listdir(directory))[:3]
   proc = run_python(["-m", "kdjax.predict", f"--model={out}", "--top_k=2",
