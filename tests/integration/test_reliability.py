@@ -325,9 +325,16 @@ def test_eight_devices_in_one_process_train_like_one(tfds_dir, reference, tmp_pa
   the losses of all steps at 1e-3. Per-device BatchNorm statistics (over 2 examples) would
   differ by orders of magnitude more."""
   work = tmp_path / "eight"
-  proc = _run(_cmd(tfds_dir, work), {"XLA_FLAGS": runtime.with_cpu_flags(
-      "--xla_force_host_platform_device_count=8")})
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  env = {"XLA_FLAGS": runtime.with_cpu_flags("--xla_force_host_platform_device_count=8")}
+  proc = _run(_cmd(tfds_dir, work), env)
+  if proc.returncode == -signal.SIGABRT:
+    # Once in a clean-clone CI run (2 busy cores) this process aborted inside XLA during its
+    # evaluation; alone it passed every time. One fresh retry, the first abort's cause kept.
+    first = _abort_cause(proc.stderr)
+    shutil.rmtree(work)
+    proc = _run(_cmd(tfds_dir, work), env)
+    print(f"8-device run aborted once (retried from scratch): {first}")
+  assert proc.returncode == 0, _abort_cause(proc.stderr) + proc.stderr[-3000:]
   assert "mesh: 8 devices (cpu), 1 processes" in proc.stderr
   one, eight = _state(reference, 4), _state(work, 4)
   worst = max(float(np.max(np.abs(one[k].astype(np.float64) - eight[k]))) for k in one)
@@ -335,6 +342,14 @@ def test_eight_devices_in_one_process_train_like_one(tfds_dir, reference, tmp_pa
   np.testing.assert_allclose([v for _, v in _losses(work)],
                              [v for _, v in _losses(reference)], rtol=1e-3)
   assert "(360 examples)" in proc.stdout
+
+
+def _abort_cause(stderr: str) -> str:
+  """The lines of a crashed process's stderr that say why (XLA's fatal log lines, failed checks,
+  C++ terminations, Python's fatal error), before the thread dumps."""
+  keys = ("Check failed", "terminate called", "Fatal Python error", "what():", "F0", "F1")
+  return "\n".join(line for line in stderr.splitlines()
+                   if any(line.startswith(k) or k in line[:40] for k in keys))[:2000] + "\n"
 
 
 def _free_port():
