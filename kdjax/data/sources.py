@@ -72,15 +72,23 @@ class Source:
     return images, labels
 
   def _image(self, image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-      image = image[..., None]
-    if image.shape[-1] == 1:  # grey-scale -> RGB so every model and teacher sees 3 channels
-      image = np.repeat(image, 3, axis=-1)
-    square = image.shape[:2] == (self.load_size, self.load_size)
-    if self.load_size and (self.load_resize == "shorter_full" or not square):  # a canvas always
-      image = resize_on_load(image, self.load_size, self.load_resize, self.max_aspect,
-                             self.load_filter)
-    return image
+    return stored_image(image, self.load_size, self.load_resize, self.max_aspect,
+                        self.load_filter)
+
+
+def stored_image(image: np.ndarray, load_size: int | None, load_resize: str = "square",
+                 max_aspect: float = 2.0, load_filter: str = "bilinear") -> np.ndarray:
+  """A decoded uint8 image [H, W] or [H, W, 1|3] as a source stores it: RGB (grey-scale
+  repeated, so every model and teacher sees 3 channels), resized on load (`resize_on_load`)
+  when `load_size` is set and the image is not already that square (a canvas always)."""
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  square = image.shape[:2] == (load_size, load_size)
+  if load_size and (load_resize == "shorter_full" or not square):
+    image = resize_on_load(image, load_size, load_resize, max_aspect, load_filter)
+  return image
 
 
 LOAD_RESIZES = ("square", "shorter", "shorter_full")  # data.load_resize

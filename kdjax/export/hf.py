@@ -48,7 +48,6 @@ from kdjax.models.hf import resnet as hf_resnet
 
 # Exact float32 indices: a tensor with more elements cannot be traced.
 _MAX_TRACEABLE = 2**24
-OTHER_FORMATS = "--format=stablehlo (any run) or --format=onnx"
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
@@ -61,14 +60,16 @@ def _float_names(layout: dict) -> list[str]:
   return [n for n, (_, dtype) in layout.items() if dtype == "float32"]
 
 
-def trace(family, hf_config: dict, layout: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Flax variable path ("params/.../kernel") -> (tensor index into `_float_names(layout)`,
-  element index in that tensor), both arrays of the variable's shape: where `family.convert`
-  takes every element of the variables from. Tensors the converter skips on purpose (DINOv2's
-  mask token, which no classifier reads) are in none of them: `hf_tensors` writes them as 0."""
+def trace(family, hf_config: dict, layout: dict) -> tuple[dict, set[str]]:
+  """({Flax variable path ("params/.../kernel") -> (tensor index into `_float_names(layout)`,
+  element index in that tensor), both arrays of the variable's shape}, the float tensors the
+  converter skips on purpose): where `family.convert` takes every element of the variables
+  from. A skipped tensor (DINOv2's mask token, which no classifier reads) is in none of them:
+  `hf_tensors` writes it as 0."""
   names = _float_names(layout)
   index = {n: i for i, n in enumerate(names)}
   module = family.build(hf_config, frozenset(layout), num_classes=None)
+  skipped = set()
 
   def run(fill):
     arrays = {n: (fill(index[n], shape) if dtype == "float32"
@@ -78,6 +79,7 @@ def trace(family, hf_config: dict, layout: dict) -> dict[str, tuple[np.ndarray, 
     unused_float = [n for n in tensors.unused() if layout[n][1] == "float32"]
     if unused_float:
       raise errors.UserError(f"export: the converter does not read {unused_float[:5]}")
+    skipped.update(n for n in tensors.skipped() if layout[n][1] == "float32")
     return _flat(variables)
 
   too_big = [n for n in names if np.prod(layout[n][0], dtype=np.int64) > _MAX_TRACEABLE]
@@ -86,15 +88,7 @@ def trace(family, hf_config: dict, layout: dict) -> dict[str, tuple[np.ndarray, 
   which = run(lambda i, shape: np.full(shape, i, np.float32))
   where = run(lambda i, shape: np.arange(np.prod(shape, dtype=np.int64), dtype=np.float32)
               .reshape(shape))
-  return {k: (which[k].astype(np.int64), where[k].astype(np.int64)) for k in which}
-
-
-def _skipped_float(family, hf_config: dict, layout: dict) -> set[str]:
-  """The float tensors of `layout` that `family.convert` skips on purpose."""
-  tensors = common.Tensors({n: np.zeros(s, d) for n, (s, d) in layout.items()},
-                           getattr(family, "PREFIXES", ()))
-  family.convert(tensors, family.build(hf_config, frozenset(layout), num_classes=None))
-  return {n for n in tensors.skipped() if layout[n][1] == "float32"}
+  return {k: (which[k].astype(np.int64), where[k].astype(np.int64)) for k in which}, skipped
 
 
 def hf_tensors(family, hf_config: dict, layout: dict, variables) -> dict[str, np.ndarray]:
@@ -102,7 +96,7 @@ def hf_tensors(family, hf_config: dict, layout: dict, variables) -> dict[str, np
   tensors of `layout`, each float element written exactly once, except the tensors the converter
   skips on purpose, which are 0 (DINOv2's mask token); integer buffers (batch norm's
   num_batches_tracked) are 0."""
-  paths = trace(family, hf_config, layout)
+  paths, skipped = trace(family, hf_config, layout)
   have = _flat(variables)
   if set(have) != set(paths):
     raise errors.UserError(
@@ -120,7 +114,6 @@ def hf_tensors(family, hf_config: dict, layout: dict, variables) -> dict[str, np
       mask = which == t
       out[names[t]].reshape(-1)[where[mask]] = value[mask]
       np.add.at(written[names[t]].reshape(-1), where[mask], 1)
-  skipped = _skipped_float(family, hf_config, layout)
   bad = [n for n, count in written.items()
          if not (np.all(count == 0) if n in skipped else np.all(count == 1))]
   if bad:
@@ -139,7 +132,7 @@ def _check_image_size(hf_config: dict, size: int) -> None:
         f"the run's {kind} works at data.image_size={size} px, its config at "
         f"{vision.get('image_size', default)} px: export needs them equal (position embeddings "
         "are stored at the config's size); train at the config's size, or export with "
-        f"{OTHER_FORMATS}")
+        f"{common.OTHER_FORMATS}")
 
 
 def _classifier_config(architecture: str, hf_config: dict, names: list[str]) -> dict:
@@ -259,7 +252,7 @@ def student_as_hub(model: dict, image_size: int, variables: dict) -> tuple:
     what += " with model.cifar_strides=True"
   raise errors.UserError(
       f"{what} has no Hugging Face transformers architecture, so --format=hf cannot write it; "
-      f"export it with {OTHER_FORMATS}. (transformers holds ResNet-18/34 with "
+      f"export it with {common.OTHER_FORMATS}. (transformers holds ResNet-18/34 with "
       "model.stem='imagenet', MobileNetV2 with model.cifar_strides=False and the Hub "
       "architectures of model.name='hub' runs.)")
 
@@ -273,7 +266,7 @@ def _hub_variables(workdir: Path, run: dict):
     family = models.family_of(hf_config, str(workdir))
     if not hasattr(family, "hf_export"):
       raise errors.UserError(f"a {hf_config.get('model_type')!r} model has no Hugging Face "
-                             f"export in kdjax; export it with {OTHER_FORMATS}")
+                             f"export in kdjax; export it with {common.OTHER_FORMATS}")
     _check_image_size(hf_config, int(run["data"]["image_size"]))
     return family, hf_config, _classifier_variables(teacher.variables)
   return student_as_hub(run["model"], int(run["data"]["image_size"]), teacher.variables)

@@ -18,18 +18,24 @@ from kdjax.data import sources
 RECORD_NAME = "kdjax_export.json"
 
 
-def check_paths(workdir: Path, out: Path, overwrite: bool) -> dict:
-  """The run's config.json, after checking that `workdir` is a kdjax run with a checkpoint and
-  that `out` may be written."""
+def read_run(workdir: Path) -> dict:
+  """The config.json of the kdjax run `workdir` (a UserError if it is none)."""
   if not (workdir / "config.json").is_file() or not (workdir / "checkpoints").is_dir():
     raise errors.UserError(f"{workdir} is not a kdjax run directory (no config.json and "
                            "checkpoints/): pass the --workdir that python -m kdjax.main trained")
+  return json.loads((workdir / "config.json").read_text())
+
+
+def check_paths(workdir: Path, out: Path, overwrite: bool) -> dict:
+  """The run's config.json, after checking that `workdir` is a kdjax run and that `out` may be
+  written."""
+  run = read_run(workdir)
   if out == workdir or out in workdir.parents or workdir in out.parents:
     raise errors.UserError(f"--out={out} overlaps the run {workdir}: export into a directory "
                            "outside the run")
   if out.exists() and not overwrite:
     raise errors.UserError(f"{out} exists: choose another --out, or pass --overwrite")
-  return json.loads((workdir / "config.json").read_text())
+  return run
 
 
 def class_names(run: dict, num_classes: int) -> list[str]:

@@ -13,7 +13,6 @@ pick kdjax's CPU path or XLA's where the program runs (`models.portable_conv`).
 """
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +92,7 @@ def load(workdir, conv_impl: str = "portable", dtype: str | None = None) -> Serv
   """The servable of run `workdir` (its latest checkpoint), computing in `dtype` (None: the
   run's `model.dtype`)."""
   workdir = Path(workdir).resolve()
-  if not (workdir / "config.json").is_file() or not (workdir / "checkpoints").is_dir():
-    raise errors.UserError(f"{workdir} is not a kdjax run directory (no config.json and "
-                           "checkpoints/)")
-  run = json.loads((workdir / "config.json").read_text())
+  run = records.read_run(workdir)
   records.latest_step(workdir)  # a clear error when nothing is saved yet
   teacher = pretrained.load(str(workdir), dtype=dtype or run["model"].get("dtype", "float32"),
                             conv_impl=conv_impl, on_host=True)
@@ -113,19 +109,13 @@ def to_stored(image: np.ndarray, load: dict) -> np.ndarray:
   """A decoded uint8 image [H, W] or [H, W, 1|3|4] -> the stored view `load` describes (as the
   run's data source stores its images)."""
   image = np.asarray(image)
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.shape[-1] == 1:
-    image = np.repeat(image, 3, axis=-1)
-  image = image[..., :3]
+  image = image[..., :3] if image.ndim == 3 else image
   h, w, c = load["input_shape"]
   size = load.get("load_size")
-  if size:
-    if load["load_resize"] == "shorter_full" or image.shape[:2] != (size, size):
-      image = sources.resize_on_load(image, int(size), load["load_resize"],
-                                     float(load["max_aspect"]), load["load_filter"])
-  elif image.shape[:2] != (h, w) and h == w:  # the dataset's own fixed size
-    image = sources.resize_on_load(image, h, "square")
+  if not size and image.shape[:2] != (h, w) and h == w:  # the dataset's own fixed size
+    size = h
+  image = sources.stored_image(image, int(size) if size else None, load["load_resize"],
+                               float(load["max_aspect"]), load["load_filter"])
   if image.shape != (h, w, c):
     raise errors.UserError(f"an image became {image.shape}, the model takes {(h, w, c)}")
   return image

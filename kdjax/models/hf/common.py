@@ -49,6 +49,9 @@ ACTIVATIONS = {
     "tanh": jnp.tanh,
 }
 
+# What exports any run, for refusals of --format=hf (kdjax.export).
+OTHER_FORMATS = "--format=stablehlo (any run) or --format=onnx"
+
 
 def num_labels(config: dict) -> int:
   """A head's class count; config.json omits id2label when it is the default (2 labels)."""

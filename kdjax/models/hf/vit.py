@@ -28,7 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax import errors
-from kdjax.models.hf.common import Tensors, conv_kernel, dense, layer_norm, num_labels
+from kdjax.models.hf.common import (
+  OTHER_FORMATS,
+  Tensors,
+  conv_kernel,
+  dense,
+  layer_norm,
+  num_labels,
+)
 from kdjax.models.hf.vit_encoder import VisionTransformer
 
 MODEL_TYPES = ("vit", "dinov2", "clip", "clip_vision_model")
@@ -194,7 +201,6 @@ def convert(tensors: Tensors, module: VisionTransformer) -> dict:
 HF_CLASSIFIER = "ViTForImageClassification"  # model_type "vit"
 HF_CLASSIFIERS = {"vit": HF_CLASSIFIER, "dinov2": "Dinov2ForImageClassification",
                   "clip": "CLIPForImageClassification"}
-OTHER_FORMATS = "--format=stablehlo (any run) or --format=onnx"
 # A clip_vision_model config.json's keys that belong to the CLIPConfig around it, not to its
 # vision_config (the head's labels, the architecture, the file's own bookkeeping).
 _TOP_LEVEL = ("architectures", "id2label", "label2id", "num_labels", "torch_dtype", "dtype",
