@@ -425,3 +425,36 @@ def generate_base() -> ml_collections.ConfigDict:
   c.synth.batch_per_device = 8
   c.synth.shard_size = 256  # images per shard: the unit of resumption
   return c
+
+
+def generator_base() -> ml_collections.ConfigDict:
+  """Config of the generator's training (kdjax.generate.train, experiments/
+  train_tiny_diffusion.py): the corpus (data.name, data.train_split; its class names make the
+  captions) and a small latent diffusion pipeline of Stable Diffusion's architecture."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = base().data
+  c.gen = ml_collections.ConfigDict()
+  c.gen.arch = "tiny"  # kdjax.generate.random_pipeline.ARCHITECTURES: text encoder, VAE, UNet
+  c.gen.unet_channels = ()  # UNet block_out_channels; (): the arch's
+  c.gen.vae_channels = ()  # VAE block_out_channels; (): the arch's
+  c.gen.resolution = 16  # the generator's image size (the corpus is resized to it)
+  c.gen.templates = ("a picture of a {c}",)  # captions: a class's images use each in turn
+  c.gen.rename = ()  # ("class_name=prompt words", ...), as synth.rename
+  c.gen.batch_size = 128  # global, both stages
+  c.gen.warmup_steps = 100
+  c.gen.vae_steps = 1000
+  c.gen.vae_learning_rate = 1e-3
+  c.gen.kl_weight = 1e-3  # x the per-element KL of the VAE posterior to N(0, I)
+  c.gen.unet_steps = 4000
+  c.gen.unet_learning_rate = 1e-3
+  # the UNet's target: epsilon (SD v1) | v_prediction (SD 2: weighs the noisiest steps, where
+  # a sample's class is decided, more)
+  c.gen.prediction_type = "v_prediction"
+  c.gen.cond_dropout = 0.1  # captions replaced by the empty prompt: classifier-free guidance
+  # True: the (randomly initialised) CLIP text encoder trains with the UNet, at its learning
+  # rate | False: frozen, as in Stable Diffusion (whose encoder CLIP pre-trained)
+  c.gen.train_text_encoder = True
+  c.gen.log_every_steps = 100
+  c.gen.checkpoint_every_steps = 500
+  return c

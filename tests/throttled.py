@@ -1,10 +1,12 @@
 """Runs a kdjax command with a pause after each unit of work, so a test can signal it part-way:
 
   python tests/throttled.py train=0.2 -m kdjax.main --config=... --workdir=...
+  python tests/throttled.py diffusion=0.2 experiments/train_tiny_diffusion.py --config=...
 
 train=S: after every train step (kdjax.train.loop); cache=S: after every teacher-cache shard
 (kdjax.distill.teacher_cache); generate=S: after every generated batch
-(kdjax.generate.run.write_batch).
+(kdjax.generate.run.write_batch); diffusion=S: after every generator training step's batch
+(kdjax.generate.train.batch_rows).
 The pause is patched in here, in the test's process, so production code carries no test hook.
 """
 
@@ -38,6 +40,7 @@ PATCHES = {
     "cache": lambda s: setattr(teacher_cache, "_write_shard",
                                _after(teacher_cache._write_shard, s)),
     "generate": lambda s: _slow_generate(s),
+    "diffusion": lambda s: _slow_diffusion(s),
 }
 
 
@@ -49,11 +52,21 @@ def _slow_generate(seconds):
   run.write_batch = _after(run.write_batch, seconds)
 
 
+def _slow_diffusion(seconds):
+  from kdjax.generate import train  # as _slow_generate: diffusers only when asked for
+
+  train.batch_rows = _after(train.batch_rows, seconds)
+
+
 def main():
   what, _, seconds = sys.argv[1].partition("=")
   PATCHES[what](float(seconds))
+  if sys.argv[2].endswith(".py"):  # a script
+    sys.argv = sys.argv[2:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    return
   if sys.argv[2] != "-m":
-    raise SystemExit("usage: throttled.py WHAT=SECONDS -m MODULE ARGS...")
+    raise SystemExit("usage: throttled.py WHAT=SECONDS (-m MODULE | SCRIPT.py) ARGS...")
   module = sys.argv[3]
   sys.argv = [module, *sys.argv[4:]]
   runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -35,5 +35,8 @@ Modules, one job each (import the one you need; importing this package imports n
   shards           the TFDS output: features, array_record shards, the dataset's metadata
   run              one generation: the spec check, resumption, batches to shards, the report
   random_pipeline  a randomly initialised pipeline for tests and offline runs (no network)
+  train            training a small pipeline of that layout on a labelled corpus (offline:
+                   experiments/train_tiny_diffusion.py, the transfer miniature's generator)
+  quality          how a classifier run reads a synthetic set (class fidelity); a grid image
   __main__         the command line (`python -m kdjax.generate`)
 """

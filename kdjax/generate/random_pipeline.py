@@ -44,6 +44,12 @@ ARCHITECTURES = {
 }
 
 
+# Stable Diffusion v1's noise schedule (CompVis/stable-diffusion-v1-4 scheduler_config.json):
+# what the pipelines written here sample with and what kdjax.generate.train trains on.
+SD_V1_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                      num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1)
+
+
 def _random_params(init, seed: int):
   """Parameters of init's shapes drawn on the host (no compilation of the init function): norm
   scales 1, biases 0, other arrays normal(0, 1/fan_in) so activations stay O(1)."""
@@ -61,39 +67,60 @@ def _random_params(init, seed: int):
   return flax.traverse_util.unflatten_dict(out)
 
 
-def save_random_pipeline(directory, arch: str = "tiny", seed: int = 0) -> Path:
-  """A randomly initialised Stable Diffusion pipeline in the diffusers layout (what
-  `synth.pipeline` reads), with a byte-level tokenizer vocabulary written here: no network.
-  `tiny` for tests; `sd-v1` has the real architecture (for throughput measurements)."""
-  spec = ARCHITECTURES[arch]
+def modules(spec: dict, vocab_size: int):
+  """(FlaxCLIPTextModel, FlaxUNet2DConditionModel, FlaxAutoencoderKL) of architecture `spec`
+  (an ARCHITECTURES entry; `vae` may carry the latents' scaling_factor), text tokens 0..vocab-1
+  with the byte-level vocabulary's special tokens last."""
+  text_config = transformers.CLIPTextConfig(
+      vocab_size=spec["vocab_size"] or vocab_size, bos_token_id=vocab_size - 2,
+      eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, **spec["text"])
+  return (transformers.FlaxCLIPTextModel(text_config, _do_init=False),
+          diffusers.FlaxUNet2DConditionModel(**spec["unet"]),
+          diffusers.FlaxAutoencoderKL(**spec["vae"]))
+
+
+def byte_vocab() -> dict:
+  """Every byte as a token (any prompt tokenizes, character by character), then BOS and EOS."""
+  chars = list(bytes_to_unicode().values())
+  return {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars]
+                                     + ["<|startoftext|>", "<|endoftext|>"])}
+
+
+def random_text_params(text, max_length: int, seed: int):
+  """The text encoder's random weights: a pure function of `seed` (host numpy, no compile)."""
+  return _random_params(lambda: text.init_weights(jax.random.key(seed), (1, max_length)), seed)
+
+
+def save_random_pipeline(directory, arch: str = "tiny", seed: int = 0, spec: dict | None = None,
+                         params: dict | None = None) -> Path:
+  """A Stable Diffusion pipeline in the diffusers layout (what `synth.pipeline` reads), with a
+  byte-level tokenizer vocabulary written here: no network. `tiny` for tests; `sd-v1` has the
+  real architecture (for throughput measurements). `spec` replaces ARCHITECTURES[arch];
+  `params` ({"unet", "vae", "text_encoder"}, any of them) replaces the random weights of those
+  parts, `spec["prediction_type"]` the UNet's output (epsilon; v_prediction as SD 2), written
+  into the scheduler's config (kdjax.generate.train writes a trained pipeline this way)."""
+  spec = spec or ARCHITECTURES[arch]
+  params = params or {}
   out = Path(directory)
   (out / "tokenizer").mkdir(parents=True, exist_ok=True)
-  chars = list(bytes_to_unicode().values())  # every byte: any prompt tokenizes, char by char
-  vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars]
-                                      + ["<|startoftext|>", "<|endoftext|>"])}
+  vocab = byte_vocab()
   files.write_text(out / "tokenizer" / "vocab.json", json.dumps(vocab))
   files.write_text(out / "tokenizer" / "merges.txt", "#version: 0.2\n")
   tokenizer = transformers.CLIPTokenizer(str(out / "tokenizer" / "vocab.json"),
                                          str(out / "tokenizer" / "merges.txt"),
                                          model_max_length=spec["max_length"])
   tokenizer.save_pretrained(out / "tokenizer")
-  text_config = transformers.CLIPTextConfig(
-      vocab_size=spec["vocab_size"] or len(vocab), bos_token_id=vocab["<|startoftext|>"],
-      eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"], **spec["text"])
+  text, unet, vae = modules(spec, len(vocab))
   key = jax.random.key(seed)
-  text = transformers.FlaxCLIPTextModel(text_config, _do_init=False)
-  text.save_pretrained(out / "text_encoder", params=_random_params(
-      lambda: text.init_weights(key, (1, spec["max_length"])), seed))
-  unet = diffusers.FlaxUNet2DConditionModel(**spec["unet"])
-  unet.save_pretrained(out / "unet", params=_random_params(lambda: unet.init_weights(key),
-                                                           seed + 1))
-  vae = diffusers.FlaxAutoencoderKL(**spec["vae"])
-  vae.save_pretrained(out / "vae", params=_random_params(lambda: vae.init_weights(key),
-                                                         seed + 2))
+  text.save_pretrained(out / "text_encoder", params=params.get("text_encoder") or
+                       random_text_params(text, spec["max_length"], seed))
+  unet.save_pretrained(out / "unet", params=params.get("unet") or _random_params(
+      lambda: unet.init_weights(key), seed + 1))
+  vae.save_pretrained(out / "vae", params=params.get("vae") or _random_params(
+      lambda: vae.init_weights(key), seed + 2))
   # Stable Diffusion v1's noise schedule (its scheduler_config.json).
-  diffusers.FlaxPNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              skip_prk_steps=True, steps_offset=1).save_pretrained(
-                                  out / "scheduler")
+  diffusers.FlaxPNDMScheduler(**SD_V1_SCHEDULE, prediction_type=spec.get(
+      "prediction_type", "epsilon")).save_pretrained(out / "scheduler")
   files.write_json(out / "model_index.json", {
       "_class_name": "FlaxStableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
       "scheduler": ["diffusers", "FlaxPNDMScheduler"], "text_encoder": ["transformers",
