@@ -40,6 +40,26 @@ CLAIMS = [
     ("A", "(investigation) distilled from the fine-tuned teacher vs pre-trained + fine-tuned",
      "distill_tuned", "finetune"),
     ("A", "(KD alone, for reference) KD from the probed teacher vs scratch", "kd", "scratch"),
+    ("A", "synthetic images (1x, labelled by prompt) help the distilled student",
+     "distill_syn1x", "distill"),
+    ("A", "synthetic images (2x, labelled by prompt) help the distilled student",
+     "distill_syn2x", "distill"),
+    ("A", "synthetic images without labels (2x) help the distilled student", "distill_synu",
+     "distill"),
+    ("A", "(control) synthetic images (1x, labelled) help the student trained alone (CE)",
+     "scratch_syn1x", "scratch"),
+    ("A", "(control) synthetic images (2x, labelled) help the student trained alone (CE)",
+     "scratch_syn2x", "scratch"),
+    ("A", "with 2x synthetic images, distilling beats training alone", "distill_syn2x",
+     "scratch_syn2x"),
+    ("A", "(investigation) 10x synthetic images (labelled) for the distilled student",
+     "distill_syn10x", "distill"),
+    ("A", "(investigation) 10x synthetic images (labelled) for the student trained alone",
+     "scratch_syn10x", "scratch"),
+    ("A", "(investigation) 10x against 2x synthetic images, distilled", "distill_syn10x",
+     "distill_syn2x"),
+    ("A", "(investigation) T's real unlabelled remainder (343 / 193 images) against the 2x "
+     "synthetic set unlabelled (100 / 400)", "distill_unlabelled", "distill_synu"),
     ("B", "AFT beats fine-tuning the pre-trained model (STL)", "aft", "finetune"),
     ("B", "AFT beats KD on the pre-trained model (its KD baseline: feature regression)", "aft",
      "feature_kd"),
@@ -60,8 +80,17 @@ def _commands(root: str, sizes, seeds, arms) -> list[str]:
                  f"--workdir={transfer.run_dir(root, f'pretrain_{name}')}")
     lines.append(f"python -m kdjax.export --workdir={transfer.run_dir(root, f'pretrain_{name}')}"
                  f" --out={transfer.paths(root)['published'] / name}")
+  synthetic = sorted({transfer.synthetic_set(a) for a in arms if a in transfer.SYNTHETIC_ARMS})
+  if synthetic:
+    lines.append("python experiments/train_tiny_diffusion.py "
+                 f"--config=configs/synth/tiny_diffusion.py "
+                 f"--workdir={transfer.paths(root)['generator']}")
   for n in sizes:
     for seed in seeds:
+      for m in synthetic:
+        lines.append(f"# synthetic set {m}x n={n} seed={seed}: kdjax.generate with "
+                     f"transfer.synth_config(root, {n}, {seed}, multiple={m}) -> "
+                     f"{transfer.synthetic_dir(root, n, seed, m)}")
       for stage in [*probes, *arms]:
         lines.append(f"python -m kdjax.main --config={config}:stage={stage},n_per_class={n},"
                      f"seed={seed},root={root} --workdir={transfer.run_dir(root, stage, n, seed)}")
@@ -84,6 +113,11 @@ def costs(result: dict, arms, sizes) -> dict:
   on T, and the student's pre-training on P where it starts from it. The teachers' own
   pre-training on P is the publisher's, paid once (reported apart)."""
   pre = result["pretrain"]
+  generation = {}  # (n, set multiple) -> [(FLOPs, seconds) of each seed's synthetic set]
+  for r in result.get("synthetic", []):
+    g = r["generation"]
+    generation.setdefault((r["n_per_class"], r.get("multiple", transfer.SYNTH_MULTIPLE)),
+                          []).append((r["generation_flops"], g.get("wall_time_s", 0.0)))
   probe = {}
   for r in result["probes"]:
     probe.setdefault((r["n_per_class"], r["stage"]), []).append(r)
@@ -107,10 +141,19 @@ def costs(result: dict, arms, sizes) -> dict:
       student = transfer.pretrained_student(arm)
       if student:
         pre_f, pre_s = pre[student]["total_flops"], pre[student]["wall_time_s"]
+      gen_f = gen_s = 0.0
+      have = generation.get((n, transfer.synthetic_set(arm))) if (
+          arm in transfer.SYNTHETIC_ARMS) else None
+      if have:
+        # the share of the generated set the arm reads (1x: half of the 2x set)
+        share = transfer.SYNTHETIC_ARMS[arm][2] / transfer.synthetic_set(arm)
+        gen_f = share * float(np.mean([f for f, _ in have]))
+        gen_s = share * float(np.mean([t for _, t in have]))
       out[(n, arm)] = {"run_flops": own_f, "run_s": own_s, "probe_flops": probe_f,
                        "probe_s": probe_s, "student_pretrain_flops": pre_f,
-                       "student_pretrain_s": pre_s, "total_flops": own_f + probe_f + pre_f,
-                       "total_s": own_s + probe_s + pre_s}
+                       "student_pretrain_s": pre_s, "generation_flops": gen_f,
+                       "generation_s": gen_s, "total_flops": own_f + probe_f + pre_f + gen_f,
+                       "total_s": own_s + probe_s + pre_s + gen_s}
   return out
 
 
@@ -174,9 +217,9 @@ def tables(result: dict, arms, sizes) -> tuple[str, dict]:
     lines += ["", f"Cost of each arm, {n} per class (FLOPs: XLA's count of the compiled steps x "
               "steps; seconds: the trainer's clock, mean over seeds):", "",
               "| arm | its run (+ teacher cache) | teacher's adaptation to T | "
-              "student pre-training on P | "
+              "student pre-training on P | synthetic images' sampling | "
               "total FLOPs | total s | vs finetune's total |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     base = cost.get((n, "finetune"))
     for arm in arms:
       c = cost.get((n, arm))
@@ -185,7 +228,8 @@ def tables(result: dict, arms, sizes) -> tuple[str, dict]:
       summary["costs"][f"{arm}/n{n}"] = c
       ratio = f"{c['total_flops'] / base['total_flops']:.2f}x" if base else "-"
       lines.append(f"| {arm} | {c['run_flops']:.3g} | {c['probe_flops']:.3g} | "
-                   f"{c['student_pretrain_flops']:.3g} | {c['total_flops']:.3g} | "
+                   f"{c['student_pretrain_flops']:.3g} | {c['generation_flops']:.3g} | "
+                   f"{c['total_flops']:.3g} | "
                    f"{c['total_s']:.0f} | {ratio} |")
   lines += ["", "## The papers' claims, measured", "",
             "Paired difference of test accuracy (points, mean over seeds ± 95% CI); 'better' / "
@@ -204,6 +248,76 @@ def tables(result: dict, arms, sizes) -> tuple[str, dict]:
     summary["claims"].append(row)
     lines.append(f"| {paper} | {statement} | {arm} - {baseline} | {' | '.join(cells)} |")
   return "\n".join(lines), summary
+
+
+def synthetic_tables(result: dict, sizes, grid: str | None) -> tuple[str, dict]:
+  """The generator trained on P, and per size how the classifiers read its images: the probed
+  teacher of each seed (never trained on them) and the P-trained ResNet with its P head."""
+  g = result["generator"]
+  last = {stage: g[stage]["history"][-1] for stage in ("vae", "unet")}
+  cond = g["conditioning"]
+  lines = ["## Synthetic images: the generator trained on P", "",
+           f"A text-conditioned latent diffusion pipeline of Stable Diffusion's architecture "
+           f"(kdjax/generate/train.py; diffusers' Flax VAE and UNet, a frozen random CLIP text "
+           f"encoder, SD v1's noise schedule) trained on P's {g['corpus']['images']:,} training "
+           f"images only, at {g['resolution']} px, captions {g['captions'][7]} for the digit 7. "
+           f"VAE: {g['vae']['steps']} steps x {g['vae']['batch_size']}, reconstruction MSE "
+           f"{last['vae']['recon_mse']:.4f} (images in [-1, 1]), latent scaling "
+           f"{g['vae']['scaling_factor']:.4f}; UNet: {g['unet']['steps']} steps x "
+           f"{g['unet']['batch_size']}, denoising MSE {last['unet']['mse']:.4f}. Training: "
+           f"{g['flops']:.3g} FLOPs, {g['wall_time_s']:.0f} s (paid once, like the teachers' "
+           f"pre-training; the arms pay for sampling their images). The frozen text encoder's "
+           f"caption states: the two closest classes are {cond['min_class_distance_rel']:.2f} "
+           f"and the mean pair {cond['mean_class_distance_rel']:.2f} apart (relative to the "
+           f"states' spread; independent vectors: 1.41).", ""]
+  synth = {}
+  for r in result.get("synthetic", []):
+    synth.setdefault((r["n_per_class"], r.get("multiple", transfer.SYNTH_MULTIPLE)),
+                     []).append(r)
+  probes = stats.aggregate(result["probes"])
+  out = {"generator": {k: g[k] for k in ("flops", "wall_time_s", "conditioning",
+                                         "resolution")}}
+  lines += ["Class fidelity: the fraction of a set's images that a classifier assigns to the "
+            "class their prompt named (mean ± 95% CI over the seeds' sets); the probed teacher "
+            "is the one each seed's distilled arms learn from.", "",
+            "| labelled per class | set | images per set | sampling | probed teacher on the "
+            "synthetic set | per seed | the same teacher on T's real test | P-trained ResNet "
+            "(P head) on the synthetic set | FLOPs per image | s per set |",
+            "| ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+  for (n, multiple), rs in sorted(synth.items()):
+    rs = sorted(rs, key=lambda r: r["seed"])
+    if n not in sizes:
+      continue
+    key = f"n{n}" if multiple == transfer.SYNTH_MULTIPLE else f"n{n}_x{multiple}"
+    fid = [r["fidelity"]["probe_resnet"]["accuracy"] for r in rs]
+    fid_p = [r["fidelity"]["pretrain_resnet"]["accuracy"] for r in rs]
+    real = probes.get((n, "probe_resnet"))
+    gen = rs[0]["generation"]
+    m, h = stats.interval(fid)
+    mp, hp = stats.interval(fid_p)
+    per_class = {c: float(np.mean([r["fidelity"]["probe_resnet"]["per_class"][c] for r in rs]))
+                 for c in rs[0]["fidelity"]["probe_resnet"]["per_class"]}
+    out[key] = {"probe_fidelity": fid, "probe_fidelity_mean": m, "probe_fidelity_ci95": h,
+                "p_teacher_fidelity": fid_p, "per_class_mean": per_class,
+                "images_per_set": gen["num_images"], "flops_per_image": gen.get("flops_per_image"),
+                "seconds_per_set": float(np.mean([r["generation"].get("wall_time_s", 0.0)
+                                                  for r in rs]))}
+    sampling = (f"{transfer.SYNTH_SAMPLING['scheduler']}, "
+                f"{transfer.SYNTH_SAMPLING['num_inference_steps']} steps, guidance "
+                f"{transfer.SYNTH_SAMPLING['guidance_scale']:g}")
+    lines.append(f"| {n} | {multiple}x | {gen['num_images']} | {sampling} | {_pm(m, h)} | "
+                 f"{', '.join(f'{x:.4f}' for x in fid)} | "
+                 f"{_pm(real['mean'], real['ci95']) if real else '-'} | {_pm(mp, hp)} | "
+                 f"{gen.get('flops_per_image', 0.0):.3g} | "
+                 f"{out[key]['seconds_per_set']:.1f} |")
+  for n in sizes:
+    if f"n{n}" in out:
+      pc = out[f"n{n}"]["per_class_mean"]
+      lines += ["", f"Per class ({n} labelled per class; probed teacher, mean over seeds): "
+                + ", ".join(f"{c}: {v:.2f}" for c, v in pc.items())]
+  if grid:
+    lines += ["", f"![generated digits, one row per class; real P images on the right]({grid})"]
+  return "\n".join(lines), out
 
 
 def aft_tuning(result: dict, betas, sizes) -> tuple[str, dict]:
@@ -320,6 +434,14 @@ def main(argv):
         result["aft_sweep"].append(transfer.run_stage("aft", root, n, seed,
                                                       runlocal=FLAGS.runlocal, beta=beta))
   text, summary = tables(result, arms, sizes)
+  out = os.path.abspath(FLAGS.out)
+  os.makedirs(out, exist_ok=True)
+  if result.get("synthetic"):
+    first = result["synthetic"][0]
+    grid = transfer.synthetic_grid(root, first["n_per_class"], first["seed"],
+                                   os.path.join(out, "synthetic_grid.png"))
+    synth_text, summary["synthetic"] = synthetic_tables(result, sizes, os.path.basename(grid))
+    text += "\n\n" + synth_text
   if betas:
     tuning_text, summary["aft_tuning"] = aft_tuning(result, betas, sizes)
     text += "\n\n" + tuning_text
@@ -328,8 +450,6 @@ def main(argv):
           "load_average_1min": [load_start, os.getloadavg()[0]], "sizes": sizes,
           "seeds": seeds, "arms": arms,
           "interval": "95% CI of the mean over seeds: Student's t with n-1 degrees of freedom"}
-  out = os.path.abspath(FLAGS.out)
-  os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump({"meta": meta, "summary": summary, **result}, f, indent=2)
   plot(summary, result, arms, sizes, os.path.join(out, "accuracy_vs_cost.png"))

@@ -43,6 +43,10 @@ from pathlib import Path
 import ml_collections
 
 from kdjax import configlib, errors, export, files
+from kdjax.data import sources
+from kdjax.generate import quality
+from kdjax.generate import run as generate_run
+from kdjax.generate import train as generator_train
 from kdjax.train import trainer
 
 P_DATA = "kdjax_mnist5k"
@@ -99,6 +103,44 @@ ARMS = {
     "aft_p25": ("that student + AFT, ResNet features (the teacher saw 4x its P images)",
                 ("resnet",)),
 }
+# paper A's synthetic arms: images drawn by the generator trained on P (GENERATOR), prompted
+# with T's class names; "1x" / "2x": as many per class as T's labelled images / twice as many
+# (the 2x set's first half per class is the 1x set), labelled by their prompt, or unlabelled
+# (distillation terms only)
+SYNTHETIC_ARMS = {
+    "scratch_syn1x": ("student from scratch, CE, + 1x synthetic images labelled by prompt", (),
+                      1, True),
+    "scratch_syn2x": ("student from scratch, CE, + 2x synthetic images labelled by prompt", (),
+                      2, True),
+    "distill_syn1x": ("paper A + 1x synthetic images labelled by prompt", ("probe_resnet",), 1,
+                      True),
+    "distill_syn2x": ("paper A + 2x synthetic images labelled by prompt", ("probe_resnet",), 2,
+                      True),
+    "distill_synu": ("paper A + the 2x synthetic images unlabelled (distillation terms only)",
+                     ("probe_resnet",), 2, False),
+    # investigation: do more synthetic images help more? (paper A's proportions stop at 2x)
+    "scratch_syn10x": ("student from scratch, CE, + 10x synthetic images labelled by prompt",
+                       (), 10, True),
+    "distill_syn10x": ("paper A + 10x synthetic images labelled by prompt", ("probe_resnet",),
+                       10, True),
+}
+ARMS.update({arm: v[:2] for arm, v in SYNTHETIC_ARMS.items()})
+SYNTH_MULTIPLE = 2  # the synthetic set generated per (n, seed): 2x T's labelled images
+
+
+def synthetic_set(arm: str) -> int:
+  """The multiple of the set an arm reads (its images are the set's first per class: the
+  plan's seeds and prompts do not depend on the set's size, so the 2x set's images open the
+  10x set too, up to float rounding of other batch mates)."""
+  return max(SYNTH_MULTIPLE, SYNTHETIC_ARMS[arm][2])
+# Captions of P's classes in the generator's training and prompts of T's classes in the
+# generation: the same words (both sets' classes are the digits "0" .. "9").
+SYNTH_TEMPLATES = ("a handwritten digit {c}", "the number {c}")
+GENERATOR = {  # the generator trained on P (kdjax.generate.train; configs/synth/tiny_diffusion.py)
+    "resolution": 16, "vae_steps": 300, "unet_steps": 1500, "batch_size": 128,
+}
+SYNTH_SAMPLING = {"scheduler": "dpm_multistep", "num_inference_steps": 25,
+                  "guidance_scale": 3.0}
 P25_SPLIT = "train[:25%]"  # the `_p25` student's share of P
 STAGES = ("pretrain_resnet", "pretrain_vit", "pretrain_student", "pretrain_student_p25",
           "probe_resnet", "probe_vit", "tune_resnet", *ARMS)
@@ -110,7 +152,7 @@ STAGES = ("pretrain_resnet", "pretrain_vit", "pretrain_student", "pretrain_stude
 def paths(root) -> dict[str, Path]:
   root = Path(root).resolve()
   return {"root": root, "hf": root / "hf", "pretrain": root / "pretrain",
-          "published": root / "published"}
+          "published": root / "published", "generator": root / "generator"}
 
 
 def run_dir(root, stage: str, n_per_class: int = 0, seed: int = 0) -> Path:
@@ -118,6 +160,12 @@ def run_dir(root, stage: str, n_per_class: int = 0, seed: int = 0) -> Path:
   if stage.startswith("pretrain_"):
     return paths(root)["pretrain"] / stage.removeprefix("pretrain_")
   return paths(root)["root"] / f"n{n_per_class}" / f"s{seed}" / stage
+
+
+def synthetic_dir(root, n_per_class: int, seed: int, multiple: int = SYNTH_MULTIPLE) -> Path:
+  """The synthetic set of (n, seed): `multiple` x T's labelled images per class."""
+  name = "synthetic" if multiple == SYNTH_MULTIPLE else f"synthetic_x{multiple}"
+  return paths(root)["root"] / f"n{n_per_class}" / f"s{seed}" / name
 
 
 def _t_data(c, n_per_class: int, seed: int) -> None:
@@ -197,12 +245,19 @@ def _arm(c, arg, p: dict) -> None:
     else:
       teachers.append(str(p["published"] / source))
   c.teacher.models = ",".join(teachers)
+  if stage in SYNTHETIC_ARMS:
+    _, _, multiple, labelled = SYNTHETIC_ARMS[stage]
+    c.data.synthetic = str(synthetic_dir(arg.root, arg.n_per_class, arg.seed,
+                                         synthetic_set(stage)))
+    c.data.synthetic_per_class = arg.n_per_class * multiple
+    c.data.synthetic_labels = labelled
   _arm_loss(c, stage, arg.beta)
 
 
 def _arm_loss(c, stage: str, beta: float) -> None:
   """The arm's distillation terms (none: CE only); cached teachers for AFT and feature-KD."""
-  if stage in ("distill", "distill_unlabelled", "distill_tuned"):
+  if stage in ("distill", "distill_unlabelled", "distill_tuned") or stage.startswith(
+      "distill_syn"):
     c.loss.kd_weight = c.loss.align_weight = c.loss.unif_weight = 1.0
     c.data.unlabelled_rest = stage == "distill_unlabelled"
   elif stage == "kd":
@@ -235,6 +290,48 @@ def config_for(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every_steps = max(1, c.total_steps // 4)
   if arg.runlocal:
     configlib.shrink_for_local_run(c)
+  return c
+
+
+def generator_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The generator's training config (kdjax.generate.train): P's training split, its class
+  names captioned with SYNTH_TEMPLATES, GENERATOR's sizes; `runlocal`: a few steps."""
+  arg = configlib.parse_arg(arg, runlocal=False, seed=0)
+  c = configlib.generator_base()
+  c.seed = arg.seed
+  c.data.name = P_DATA
+  c.data.in_memory = True
+  c.gen.templates = SYNTH_TEMPLATES
+  for k, v in GENERATOR.items():
+    c.gen[k] = v
+  if arg.runlocal:
+    c.gen.vae_steps = c.gen.unet_steps = 4
+    c.gen.batch_size = 16
+    c.gen.warmup_steps = 2
+    c.gen.log_every_steps = c.gen.checkpoint_every_steps = 2
+  return c
+
+
+def synth_config(root, n_per_class: int, seed: int, runlocal: bool = False,
+                 multiple: int = SYNTH_MULTIPLE):
+  """`python -m kdjax.generate`'s config of (n, seed)'s synthetic set: T's class names with
+  SYNTH_TEMPLATES, `multiple` x T's labelled images per class (its selection at `seed`),
+  drawn by the generator trained on P, seeds of their own per (n, seed)."""
+  c = configlib.generate_base()
+  _t_data(c, n_per_class, seed)
+  c.synth.pipeline = str(paths(root)["generator"] / generator_train.PIPELINE_DIR)
+  c.synth.revision = ""
+  c.synth.dtype = "float32"  # bfloat16 matmuls are slow on CPU
+  c.synth.templates = SYNTH_TEMPLATES
+  c.synth.resolution = GENERATOR["resolution"]
+  for k, v in SYNTH_SAMPLING.items():
+    c.synth[k] = v
+  if runlocal:
+    c.synth.num_inference_steps = 2
+  c.synth.multiple = float(multiple)
+  c.synth.seed = 1000 * n_per_class + seed
+  c.synth.batch_per_device = 100
+  c.synth.shard_size = 1000
   return c
 
 
@@ -312,9 +409,47 @@ def publish(name: str, root) -> Path:
   return out
 
 
+def train_generator(root, runlocal: bool = False) -> dict:
+  """The generator trained on P (once; a finished one is read back): its report."""
+  return generator_train.train(generator_config("runlocal" if runlocal else None),
+                               str(paths(root)["generator"]))
+
+
+def make_synthetic(root, n_per_class: int, seed: int, runlocal: bool = False,
+                   multiple: int = SYNTH_MULTIPLE) -> dict:
+  """(n, seed)'s synthetic set (once) and how the probed teacher of (n, seed) reads it:
+  {"generation": kdjax.generate's report, "fidelity": quality.fidelity of probe_resnet}."""
+  directory = synthetic_dir(root, n_per_class, seed, multiple)
+  record_path = directory / "transfer.json"
+  if record_path.is_file():
+    return json.loads(record_path.read_text())
+  report = generate_run.generate(synth_config(root, n_per_class, seed, runlocal, multiple),
+                                 str(directory))
+  probe = run_dir(root, "probe_resnet", n_per_class, seed)
+  record = {"n_per_class": n_per_class, "seed": seed, "multiple": multiple,
+            "generation": report,
+            "generation_flops": report.get("flops_per_image", 0.0) * report["num_images"],
+            "fidelity": {"probe_resnet": quality.fidelity(probe, directory),
+                         "pretrain_resnet": quality.fidelity(run_dir(root, "pretrain_resnet"),
+                                                             directory)}}
+  files.write_json(record_path, record)
+  return record
+
+
+def synthetic_grid(root, n_per_class: int, seed: int, path) -> Path:
+  """PNG of (n, seed)'s synthetic set, ten per class (rows), beside ten real P images each."""
+  p_data = configlib.base().data
+  p_data.name = P_DATA
+  real = sources.open_source(p_data, "test")
+  images, labels = real.read(range(len(real)))
+  return quality.grid(synthetic_dir(root, n_per_class, seed), path, real=(images, labels))
+
+
 def needed(arms) -> tuple[list[str], list[str]]:
   """(networks to pre-train on P, teachers' adaptations to T) for `arms`."""
   sources = {s for arm in arms for s in ARMS[arm][1]}
+  if any(arm in SYNTHETIC_ARMS for arm in arms):  # the probed ResNet measures the images
+    sources.add("probe_resnet")
   nets = {s.removeprefix("probe_").removeprefix("tune_") for s in sources}
   nets |= {pretrained_student(arm) for arm in arms} - {None}
   order = [n for n in ("resnet", "vit", "student", "student_p25") if n in nets]
@@ -334,6 +469,7 @@ def run_all(root, arms, sizes, seeds, steps: dict | None = None, runlocal: bool 
   write_architectures(root)
   nets, probes = needed(arms)
   out = {"pretrain": {}, "probes": [], "runs": []}
+  synthetic = sorted({synthetic_set(arm) for arm in arms if arm in SYNTHETIC_ARMS})
 
   def one(stage, n=0, seed=0):
     kind = "pretrain" if stage.startswith("pretrain_") else (
@@ -349,8 +485,19 @@ def run_all(root, arms, sizes, seeds, steps: dict | None = None, runlocal: bool 
   for name in nets:
     out["pretrain"][name] = one(f"pretrain_{name}")
     publish(name, root)
+  if synthetic:
+    log("--- generator: trained on P" + (": finished before" if (
+        paths(root)["generator"] / generator_train.REPORT_FILE).is_file() else ""))
+    out["generator"] = train_generator(root, runlocal)
+    out["synthetic"] = []
   for n in sizes:
     for seed in seeds:
       out["probes"] += [one(probe, n, seed) for probe in probes]
+      for multiple in synthetic:
+        log(f"--- synthetic {multiple}x n={n} seed={seed}")
+        out["synthetic"].append(make_synthetic(root, n, seed, runlocal, multiple))
+        log(f"--- synthetic: the probed teacher reads "
+            f"{out['synthetic'][-1]['fidelity']['probe_resnet']['accuracy']:.4f} of them as "
+            "their prompt's class")
       out["runs"] += [one(arm, n, seed) for arm in arms]
   return out
