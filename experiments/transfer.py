@@ -258,18 +258,23 @@ def synthetic_tables(result: dict, sizes, grid: str | None) -> tuple[str, dict]:
   cond = g["conditioning"]
   lines = ["## Synthetic images: the generator trained on P", "",
            f"A text-conditioned latent diffusion pipeline of Stable Diffusion's architecture "
-           f"(kdjax/generate/train.py; diffusers' Flax VAE and UNet, a frozen random CLIP text "
-           f"encoder, SD v1's noise schedule) trained on P's {g['corpus']['images']:,} training "
-           f"images only, at {g['resolution']} px, captions {g['captions'][7]} for the digit 7. "
-           f"VAE: {g['vae']['steps']} steps x {g['vae']['batch_size']}, reconstruction MSE "
-           f"{last['vae']['recon_mse']:.4f} (images in [-1, 1]), latent scaling "
-           f"{g['vae']['scaling_factor']:.4f}; UNet: {g['unet']['steps']} steps x "
-           f"{g['unet']['batch_size']}, denoising MSE {last['unet']['mse']:.4f}. Training: "
-           f"{g['flops']:.3g} FLOPs, {g['wall_time_s']:.0f} s (paid once, like the teachers' "
-           f"pre-training; the arms pay for sampling their images). The frozen text encoder's "
-           f"caption states: the two closest classes are {cond['min_class_distance_rel']:.2f} "
-           f"and the mean pair {cond['mean_class_distance_rel']:.2f} apart (relative to the "
-           f"states' spread; independent vectors: 1.41).", ""]
+           f"(kdjax/generate/train.py; diffusers' Flax VAE and UNet, transformers' CLIP text "
+           f"encoder {g.get('text_encoder', '')}, SD v1's noise schedule, "
+           f"{g.get('prediction_type') or transfer.generator_config().gen.prediction_type} "
+           f"target) trained on P's "
+           f"{g['corpus']['images']:,} training images only, at {g['resolution']} px, captions "
+           f"{g['captions'][7]} for the digit 7. VAE: {g['vae']['steps']} steps x "
+           f"{g['vae']['batch_size']}, reconstruction MSE {last['vae']['recon_mse']:.4f} (images "
+           f"in [-1, 1]), latent scaling {g['vae']['scaling_factor']:.4f}; UNet: "
+           f"{g['unet']['steps']} steps x {g['unet']['batch_size']}, loss "
+           f"{last['unet']['mse']:.4f}. Training: {g['flops']:.3g} FLOPs, {g['wall_time_s']:.0f} s "
+           f"(paid once, like the teachers' pre-training; the arms pay for sampling their "
+           f"images). The caption states of two classes differ by "
+           f"{cond['initial']['min_class_distance_rel']:.2f}-"
+           f"{cond['initial']['mean_class_distance_rel']:.2f} of their norm with the random "
+           f"text encoder (closest pair - mean pair), "
+           f"{cond['trained']['min_class_distance_rel']:.2f}-"
+           f"{cond['trained']['mean_class_distance_rel']:.2f} after training.", ""]
   synth = {}
   for r in result.get("synthetic", []):
     synth.setdefault((r["n_per_class"], r.get("multiple", transfer.SYNTH_MULTIPLE)),

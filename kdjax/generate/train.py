@@ -408,6 +408,7 @@ def train(cfg, workdir: str) -> dict:
                        "images": len(images), "classes": class_names,
                        "stored_size": int(images.shape[1])},
             "resolution": g.resolution, "architecture": _as_json(parts.spec),
+            "prediction_type": g.prediction_type,
             "conditioning": {"initial": conditioning(parts.contexts(parts.text_params),
                                                      len(class_names), len(g.templates))},
             "captions": parts.captions, "devices": mesh.devices.size,
