@@ -32,6 +32,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runtime.quiet_libraries()
   runtime.configure(True)
   report = train.train(_CONFIG.value, _WORKDIR.value)
   last = {stage: report[stage]["history"][-1] for stage in train.STAGES}

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import pytest
+import test_distill  # its _once: the reference run made once per session
 from conftest import (
   REPO,
   TINY_TOTAL_STEPS,
@@ -115,8 +116,14 @@ def _assert_equal_states(a, b):
 
 @pytest.fixture(scope="module")
 def reference(tfds_dir, tmp_path_factory):
-  """The uninterrupted run: checkpoints at 4, 8, 12; its logs and cost record checked."""
-  workdir = tmp_path_factory.mktemp("reliability") / "reference"
+  """The uninterrupted run: checkpoints at 4, 8, 12; its logs and cost record checked. Made
+  once per session, by whichever xdist worker asks first (test_distill._once); the tests only
+  read it (or copy it)."""
+  return test_distill._once(tmp_path_factory, "reliability_reference",
+                            lambda root: _reference(tfds_dir, root / "reference")) / "reference"
+
+
+def _reference(tfds_dir, workdir):
   proc = _run(_cmd(tfds_dir, workdir))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _steps(workdir) == [4, 8, 12]
@@ -135,13 +142,13 @@ def reference(tfds_dir, tmp_path_factory):
   assert 2e7 < cost["flops_per_train_step"] < 6e7
   assert cost["train_flops"] == TOTAL * cost["flops_per_train_step"]
   assert cost["wall_time_s"] > 0 and cost["total_flops"] > cost["train_flops"]
-  return workdir
 
 
 def test_killed_and_stopped_runs_resume_bit_identically(tfds_dir, reference, tmp_path):
   """SIGKILL before the first checkpoint, SIGKILL after one, SIGTERM between checkpoints (a
-  checkpoint of that step is saved, exit 143), then a damaged latest checkpoint: every restart
-  is the same command, and the final state equals the uninterrupted run's bit for bit."""
+  checkpoint of that step is saved, exit 143): every restart is the same command, and the final
+  state equals the uninterrupted run's bit for bit. (A damaged latest checkpoint:
+  test_half_written_and_damaged_checkpoints_are_passed_over.)"""
   work = tmp_path / "cut"
   cmd = _cmd(tfds_dir, work)
   status, _ = _run_until(cmd, f"step 3/{TOTAL}", signal.SIGKILL, tmp_path / "1.log")
@@ -163,8 +170,6 @@ def test_killed_and_stopped_runs_resume_bit_identically(tfds_dir, reference, tmp
   assert kept[-1] < stopped < TOTAL, (stopped, kept)
   assert _steps(work) == sorted({*kept, stopped}), (stopped, _steps(work))
   assert "Traceback" not in log
-  damaged = tmp_path / "damaged"
-  shutil.copytree(work, damaged)
 
   proc = _run(cmd)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -176,36 +181,28 @@ def test_killed_and_stopped_runs_resume_bit_identically(tfds_dir, reference, tmp
     cost = json.load(f)  # carried across the restarts: the 12 steps' FLOPs, counted once
   assert cost["train_flops"] == TOTAL * cost["flops_per_train_step"]
 
-  # The latest checkpoint truncated on disk: reported, moved aside, the previous one used.
-  step_dir = damaged / "checkpoints" / str(stopped)
-  biggest = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-  biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
-  proc = _run(_cmd(tfds_dir, damaged))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f"checkpoint step {stopped} in" in proc.stderr and "is damaged" in proc.stderr
-  assert f"resumed from step {kept[-1]}" in proc.stderr
-  assert [p.name.split("-")[0] for p in (damaged / checkpoint.DAMAGED_DIR).iterdir()] == [
-      str(stopped)]
-  _assert_equal_states(_state(damaged, 12), _state(reference, 12))
 
-
-def test_crd_memory_bank_resumes_bit_exactly_after_a_kill(tfds_dir, reference, tmp_path):
+def test_crd_memory_bank_resumes_bit_exactly_from_a_checkpoint(tfds_dir, reference, tmp_path):
   """CRD's memory bank (every training row's past embeddings) is train state: checkpointed,
-  and a run killed after its first checkpoint resumes to the uninterrupted run's bank, bit for
-  bit (the finished reference run is the teacher)."""
+  and a run cut back to its first checkpoint (as if killed after it: the later checkpoints and
+  cost record removed; the kill itself: test_killed_and_stopped_runs_resume_bit_identically)
+  resumes to the uninterrupted run's bank, bit for bit (the finished reference run is the
+  teacher)."""
   crd = (f"--config.teacher.models={reference}", "--config.loss.kd_weight=1",
          "--config.loss.crd_weight=1", "--config.loss.crd_negatives=64")
   full = tmp_path / "full"
   proc = _run(_cmd(tfds_dir, full, *crd))
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert _steps(full) == [4, 8, 12]
+  final, at_4 = _state(full, TOTAL), _state(full, 4)
   cut = tmp_path / "cut"
-  status, _ = _run_until(_cmd(tfds_dir, cut, *crd), f"step 6/{TOTAL}", signal.SIGKILL,
-                         tmp_path / "cut.log", exists=cut / "checkpoints" / "4")
-  assert status == -signal.SIGKILL
+  shutil.copytree(full, cut)
+  for step in (8, 12):
+    shutil.rmtree(cut / "checkpoints" / str(step))
+  os.remove(cut / "cost.json")
   proc = _run(_cmd(tfds_dir, cut, *crd))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "resumed from step" in proc.stderr
-  final, at_4 = _state(full, TOTAL), _state(full, 4)
+  assert "resumed from step 4" in proc.stderr
   bank = [k for k in final if "memory" in k and "crd" in k]
   assert len(bank) == 4, sorted(final)  # student and teacher rows, their two constants
   assert any(not np.array_equal(final[k], at_4[k]) for k in bank)  # the bank was updated
@@ -249,9 +246,10 @@ def test_damaged_checkpoint_bits_are_detected_by_their_checksums(tmp_path):
   ckpt.close()
 
 
-def test_half_written_checkpoint_never_becomes_the_latest(tfds_dir, reference, tmp_path):
-  """What a save killed mid-write leaves (orbax's temporary step directory) is not a step:
-  the run resumes from the last complete checkpoint and removes the leftover."""
+def test_half_written_and_damaged_checkpoints_are_passed_over(tfds_dir, reference, tmp_path):
+  """What a save killed mid-write leaves (orbax's temporary step directory) is not a step, and
+  the latest complete checkpoint truncated on disk is reported and moved aside: the run resumes
+  from the previous one, removes the leftover and ends at the uninterrupted run's state."""
   work = tmp_path / "run"
   shutil.copytree(reference, work)
   shutil.rmtree(work / "checkpoints" / "12")
@@ -260,9 +258,15 @@ def test_half_written_checkpoint_never_becomes_the_latest(tfds_dir, reference, t
   (work / "checkpoints" / "12.orbax-checkpoint-tmp-1764000000000000" / "state" /
    "_METADATA").write_text("{")  # half-written
   assert checkpoint.Checkpointer(str(work / "checkpoints"), 20, read_only=True).latest_step() == 8
+  # The latest complete checkpoint (8) truncated on disk.
+  step_dir = work / "checkpoints" / "8"
+  biggest = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
   proc = _run(_cmd(tfds_dir, work))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "resumed from step 8" in proc.stderr
+  assert "checkpoint step 8 in" in proc.stderr and "is damaged" in proc.stderr
+  assert "resumed from step 4" in proc.stderr
+  assert [p.name.split("-")[0] for p in (work / checkpoint.DAMAGED_DIR).iterdir()] == ["8"]
   assert sorted(os.listdir(work / "checkpoints")) == ["12", "4", "8"]
   _assert_equal_states(_state(work, 12), _state(reference, 12))
 

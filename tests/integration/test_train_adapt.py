@@ -103,24 +103,29 @@ def test_cli_names_the_fix_for_a_missing_teacher(tmp_path):
 
 def test_fsdp_frozen_backbone_trains_like_a_replicated_one(tfds_dir, tiny_hub_resnet, tmp_path):
   """8 fake devices: the probe's frozen backbone split over the devices (FSDP) or replicated
-  gives the same head: XLA gathers the shards where the forward pass needs them."""
+  gives the same head: XLA gathers the shards where the forward pass needs them. Both runs in one
+  8-device process (tests/train_worker.py's main, once per mode)."""
   from conftest import REPO, run_python
 
   from kdjax import runtime
 
   env = {"XLA_FLAGS": runtime.with_cpu_flags("--xla_force_host_platform_device_count=8")}
-  heads = {}
-  for mode in ("replicate", "fsdp"):
+  modes = ("replicate", "fsdp")
+  runs = []
+  for mode in modes:
     overrides = {"model.pretrained": tiny_hub_resnet, "model.name": "hub",
                  "model.freeze_backbone": True, "model.param_sharding": mode,
                  "model.fsdp_min_size": 512, "data.load_size": 16, "data.image_size": 16,
                  "optimizer.name": "adamw", "optimizer.learning_rate": 1e-2, "total_steps": 2}
-    out = tmp_path / f"{mode}.npz"
-    proc = run_python([f"{REPO}/tests/train_worker.py", tfds_dir, str(tmp_path / mode), str(out),
-                       json.dumps(overrides)], env_extra=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs.append((tfds_dir, str(tmp_path / mode), str(tmp_path / f"{mode}.npz"),
+                  json.dumps(overrides)))
+  proc = run_python(f"import sys; sys.path.insert(0, {REPO + '/tests'!r}); import train_worker\n"
+                    f"for args in {runs!r}: train_worker.main(*args)", env_extra=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  heads = {}
+  for mode in modes:
     assert json.loads((tmp_path / f"{mode}.npz.json").read_text())["devices"] == 8
-    heads[mode] = dict(np.load(out))
+    heads[mode] = dict(np.load(tmp_path / f"{mode}.npz"))
   assert heads["fsdp"].keys() == heads["replicate"].keys()
   for key in heads["fsdp"]:
     np.testing.assert_allclose(heads["fsdp"][key], heads["replicate"][key], atol=1e-6)
