@@ -52,6 +52,12 @@ def read_json(path: str | os.PathLike):
     return json.load(f)
 
 
+def as_json(obj):
+  """`obj` as it reads back from JSON (tuples as lists): what a record compared on resume
+  holds."""
+  return json.loads(json.dumps(obj))
+
+
 def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
   """Moves the finished directory `tmp` to `out` (replacing an old `out`), so `out` is always
   either the old directory or the complete new one."""

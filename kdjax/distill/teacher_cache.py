@@ -115,9 +115,6 @@ def spec(config, rows: np.ndarray, teacher_records: list, distiller) -> dict:
   }
 
 
-def _json_roundtrip(x):
-  return json.loads(json.dumps(x))
-
 
 def _to_host(x) -> np.ndarray:
   if getattr(x, "is_fully_addressable", True):
@@ -134,7 +131,7 @@ def build(config, workdir: str, train_input, distiller, teacher_vars, teacher_re
     raise ValueError(f"teacher.cache_views must be >= 1, got {k}")
   path = directory(config, workdir)
   rows = np.asarray(train_input.rows)
-  want = _json_roundtrip(spec(config, rows, teacher_records, distiller))
+  want = files.as_json(spec(config, rows, teacher_records, distiller))
   manifest_path = os.path.join(path, "cache.json")
   manifest = None
   if os.path.isfile(manifest_path):

@@ -6,7 +6,6 @@ Process 0 alone touches the workdir (a shared filesystem in multi-process runs);
 processes follow its decisions and compute their part of every batch.
 """
 
-import json
 import time
 from pathlib import Path
 
@@ -74,7 +73,7 @@ def spec_of(config, pipeline_record: dict, target: Target) -> dict:
   """Everything that decides the images (not the batch size or the device count). Keys with a
   leading '_' are provenance, not compared on resume (a moved copy of the same pipeline)."""
   s, real_counts = config.synth, target.real_counts
-  return _json({
+  return files.as_json({
       "format": 1,
       "pipeline": {k: v for k, v in pipeline_record.items() if k.endswith("sha1")},
       "_pipeline_source": {k: v for k, v in pipeline_record.items() if not k.endswith("sha1")},
@@ -93,10 +92,6 @@ def spec_of(config, pipeline_record: dict, target: Target) -> dict:
       "real_counts": None if real_counts is None else [int(c) for c in real_counts],
   })
 
-
-def _json(obj):
-  """`obj` as it reads back from JSON (what the comparison on resume compares)."""
-  return json.loads(json.dumps(obj))
 
 
 def check_spec(workdir: Path, want: dict) -> None:

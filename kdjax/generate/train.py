@@ -51,7 +51,6 @@ stages' FLOPs and seconds. A workdir made with another config is refused.
 """
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -143,7 +142,7 @@ def tokenize(vocab: dict, prompts, max_length: int) -> np.ndarray:
   """What the pipeline's CLIPTokenizer gives for the byte-level vocabulary, without writing it:
   BOS, one token per character (the last of a word with '</w>', spaces dropped), EOS, padded
   with EOS and truncated to max_length (checked against the tokenizer in the tests)."""
-  chars = {b: c for b, c in random_pipeline.bytes_to_unicode().items()}
+  chars = random_pipeline.bytes_to_unicode()
   bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
   out = np.full((len(prompts), max_length), eos, np.int32)
   for i, prompt in enumerate(prompts):
@@ -360,10 +359,10 @@ def latent_scaling(moments: np.ndarray, seed: int) -> float:
 # ------------------------------------------------------------------------------------ the run
 
 
-def _check_spec(work: Path, cfg) -> dict:
+def _check_spec(work: Path, cfg) -> None:
   """Refuses a workdir trained with another config (logging and checkpoint intervals aside);
   writes the config into a new one."""
-  want = _as_json({"format": 1, **configlib.flatten(cfg.to_dict(), "config.")})
+  want = files.as_json({"format": 1, **configlib.flatten(cfg.to_dict(), "config.")})
   path = work / SPEC_FILE
   if path.exists():
     diff = files.differences(files.read_json(path), want, ignore=(
@@ -373,12 +372,7 @@ def _check_spec(work: Path, cfg) -> dict:
                        f"{diff}); use a new --workdir, or delete this one to start over")
   else:
     files.write_json(path, want)
-  return want
 
-
-def _as_json(obj):
-  """`obj` as it reads back from JSON (tuples as lists)."""
-  return json.loads(json.dumps(obj))
 
 
 def train(cfg, workdir: str) -> dict:
@@ -407,7 +401,7 @@ def train(cfg, workdir: str) -> dict:
   report = {"corpus": {"name": cfg.data.name, "split": cfg.data.train_split,
                        "images": len(images), "classes": class_names,
                        "stored_size": int(images.shape[1])},
-            "resolution": g.resolution, "architecture": _as_json(parts.spec),
+            "resolution": g.resolution, "architecture": files.as_json(parts.spec),
             "prediction_type": g.prediction_type,
             "conditioning": {"initial": conditioning(parts.contexts(parts.text_params),
                                                      len(class_names), len(g.templates))},
